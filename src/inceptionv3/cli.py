@@ -1,0 +1,266 @@
+"""The ``inceptionv3`` command: argument parsing only; each command is a few lines over the Python API."""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import sys
+import typing
+from typing import Sequence
+
+from . import __version__
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+# Helpers ---------------------------------------------------------------------------------------------
+
+def _common_inference_args(p: argparse.ArgumentParser, default_batch: int = 32) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files, folders (searched recursively), glob patterns, or @list.txt")
+    p.add_argument("--weights", default="imagenet",
+                   help="registry name (see 'inceptionv3 weights') or a weights file (default: imagenet)")
+    p.add_argument("--arch", default=None, choices=("inception_v3", "inception_mini"),
+                   help="network for a bare state-dict file (saved models and registry entries know it)")
+    p.add_argument("--batch-size", type=int, default=default_batch, help=f"images per batch (default {default_batch})")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode worker processes (default: chosen for the core count; 0 decodes in-process)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _dataclass_args(p: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
+    """One flag per config field (``--batch-size`` <-> ``batch_size``), help from the field's metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:                       # Optional[X]
+            kind = next(a for a in args if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f.metadata.get("help", "")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{helptext} (default {default})")
+        else:
+            choices = f.metadata.get("choices")
+            p.add_argument(flag, type=kind, default=default, choices=choices,
+                           help=f"{helptext} (default {default})")
+
+
+def _config_from(cls, args: argparse.Namespace, **extra):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(extra)
+    return cls(**values)
+
+
+# Commands ------------------------------------------------------------------------------------------
+
+def cmd_predict(args) -> int:
+    from .predict import ImageFailure, predict
+    try:
+        results = predict(args.paths, weights=args.weights, top_k=args.top_k, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device, strict=args.strict,
+                          progress=_progress(args), arch=args.arch)
+    except ImageFailure as e:
+        print(f"inceptionv3 predict: {e} (stopped: --strict)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    elif args.format == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "rank", "index", "label", "probability", "error"])
+        for r in results:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", "", r["error"]])
+            for rank, p in enumerate(r.get("predictions", []), 1):
+                w.writerow([r["path"], rank, p["index"], p["label"], f"{p['probability']:.6f}", ""])
+        print(buf.getvalue(), end="")
+    else:
+        for r in results:
+            print(r["path"])
+            if "error" in r:
+                print(f"    error: {r['error']}")
+            for p in r.get("predictions", []):
+                print(f"    {p['probability']:7.2%}  {p['label']}  [{p['index']}]")
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"inceptionv3 predict: {len(failed)} of {len(results)} images failed (listed above)",
+              file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_features(args) -> int:
+    from .features import extract_features, save_features
+    result = extract_features(args.paths, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, progress=_progress(args),
+                              arch=args.arch)
+    out = save_features(result, args.out)
+    n, d = result.features.shape
+    print(f"wrote {n} x {d} features ({args.layer}) to {out}")
+    for path, why in result.failures:
+        print(f"failed: {path}: {why}", file=sys.stderr)
+    if result.failures:
+        print(f"inceptionv3 features: {len(result.failures)} images failed (listed above)", file=sys.stderr)
+    return EXIT_SOME_FAILED if result.failures else EXIT_OK
+
+
+def cmd_info(args) -> int:
+    from .info import format_summary, summarize
+    from .model import build_model
+    if args.weights:
+        from .weights import load_model
+        model = load_model(args.weights)
+    else:
+        config = {"num_classes": args.num_classes}
+        if args.arch == "inception_v3":
+            config.update(aux_logits=not args.no_aux, init_weights=False)
+        model = build_model(args.arch, **config)
+    print(format_summary(summarize(model, args.input_size)))
+    return EXIT_OK
+
+
+def cmd_weights(args) -> int:
+    from .weights import REGISTRY, fetch, get_entry
+    if args.action == "download":
+        if not args.name:
+            raise CommandError("weights download needs a NAME; see 'inceptionv3 weights list'")
+        print(fetch(get_entry(args.name), progress=True))
+        return EXIT_OK
+    print(f"{'name':<12}{'arch':<15}{'classes':>8}{'input':>7}{'acc@1':>8}{'acc@5':>8}  source")
+    for e in REGISTRY.values():
+        m = e.metrics
+        print(f"{e.name:<12}{e.arch:<15}{e.num_classes:>8}{e.preprocess.input_size:>7}"
+              f"{m.get('acc@1', float('nan')):>8.3f}{m.get('acc@5', float('nan')):>8.3f}  {e.source}")
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+    cfg = _config_from(TrainConfig, args)
+    result = train(cfg, progress=_progress(args))
+    print(f"best held-out top-1 {result['best_acc1']:.2f}%  ->  {result['best_path']}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, format_report, plot_confusion
+    result = evaluate(args.data, args.weights, split=args.split, batch_size=args.batch_size,
+                      workers=args.workers, device=args.device)
+    if args.format == "json":
+        print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, indent=2))
+    else:
+        print(format_report(result, result["class_names"]))
+    if args.plot:
+        plot_confusion(result["confusion"], result["class_names"], args.plot)
+        print(f"confusion matrix drawn to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+# Parser ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inceptionv3",
+        description="InceptionV3: classify images, extract features, train and evaluate.",
+        epilog="Run 'inceptionv3 COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"inceptionv3 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("predict", help="top-k classes of images",
+                       description="Classify images and print the top-k labels with probabilities. "
+                                   "Exit code 0: all images classified; 1: some failed; 2: usage error.")
+    _common_inference_args(p)
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--strict", action="store_true", help="stop at the first image that fails")
+    p.set_defaults(func=cmd_predict)
+
+    from .model import TAPS
+    p = sub.add_parser("features", help="extract image features to a file",
+                       description="Write an N x D float32 feature matrix and the ordered image paths "
+                                   "to .npy (paths in FILE.paths.txt), .npz or .safetensors.")
+    _common_inference_args(p)
+    p.add_argument("--out", required=True, help="output file: .npy, .npz or .safetensors")
+    p.add_argument("--layer", default="pool", choices=list(TAPS),
+                   help="tap to read (spatial taps are averaged over space; default pool, 2048-d)")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("info", help="parameters, multiply-adds and block shapes",
+                       description="Summarise a network: parameters, multiply-adds, each block's output.")
+    p.add_argument("--arch", default="inception_v3", choices=("inception_v3", "inception_mini"))
+    p.add_argument("--input-size", type=int, default=299, help="square input side in pixels (default 299)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--no-aux", action="store_true", help="leave out the aux head (inception_v3)")
+    p.add_argument("--weights", default=None, help="summarise the network a weights file or entry builds")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("weights", help="list or download registered weights",
+                       description="List the weights registry, or download an entry into the cache "
+                                   "($INCEPTIONV3_HOME, default ~/.cache/inceptionv3).")
+    p.add_argument("action", nargs="?", choices=("list", "download"), default="list")
+    p.add_argument("name", nargs="?", help="entry to download")
+    p.set_defaults(func=cmd_weights)
+
+    from .train import TrainConfig
+    p = sub.add_parser("train", help="train or fine-tune on an image folder or the embedded digits",
+                       description="Train on DATA: 'digits' (scikit-learn's handwritten digits, offline) or "
+                                   "an image folder with one sub-folder per class (or train/ and val/).")
+    p.add_argument("data", help="'digits' or an image folder")
+    _dataclass_args(p, TrainConfig, skip=("data",))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class precision/recall, confusion matrix",
+                       description="Evaluate a saved model on labelled data ('digits' uses its held-out split).")
+    p.add_argument("data", help="'digits' or an image folder")
+    p.add_argument("--weights", required=True, help="model file (e.g. runs/demo/best.safetensors) or entry")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="which split (default val)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="draw the confusion matrix")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .weights import WeightsError
+    try:
+        return args.func(args)
+    except (CommandError, WeightsError, ValueError, OSError) as e:
+        # Our errors name the thing and the fix; a traceback would bury that. -v shows it anyway.
+        if args.verbose:
+            raise
+        print(f"inceptionv3 {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"inceptionv3 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+

@@ -1,0 +1,87 @@
+"""Feature extraction: one N x D float32 matrix per folder of images, for transfer learning and metrics."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import inference
+from .fileio import atomic_path, write_text_atomic
+from .model import TAPS
+from .transforms import expand_paths
+from .weights import load_model
+
+FEATURE_FORMATS = (".npy", ".npz", ".safetensors")
+
+
+@dataclass
+class Features:
+    features: np.ndarray                 # N x D float32, row i belongs to paths[i]
+    paths: list[str]                     # the images that succeeded, in input order
+    layer: str
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+
+
+def tap_vector(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
+    """N x D for a tap; spatial taps are averaged over space (as FID tools do for their 64/192/768 dims)."""
+    out = model.forward_intermediates(images, [layer])[layer]
+    return out.mean(dim=(2, 3)) if out.dim() == 4 else out
+
+
+def extract_features(
+    inputs: Sequence[str | os.PathLike],
+    weights: str | os.PathLike | nn.Module = "imagenet",
+    layer: str = "pool",
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    arch: str | None = None,
+) -> Features:
+    """Features of every usable image at ``layer`` (a name from ``model.TAPS``); failures are listed."""
+    if layer not in TAPS:
+        raise ValueError(f"unknown --layer {layer!r}; choose one of: {', '.join(TAPS)}")
+    paths = expand_paths(inputs)
+    model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
+    rows: list[tuple[int, np.ndarray]] = []
+    failures: list[tuple[int, str]] = []
+    fn = lambda m, x: tap_vector(m, x, layer)  # noqa: E731
+    for step in inference.run(model, paths, fn, batch_size, workers, device, progress, desc="features"):
+        failures += step.failures
+        rows += zip(step.indices, step.outputs.numpy())
+    rows.sort(key=lambda r: r[0])
+    dim = {"logits": model.num_classes, "pool": model.num_features}.get(layer, TAPS[layer].channels)
+    feats = np.stack([r[1] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return Features(feats, [str(paths[i]) for i, _ in rows], layer,
+                    [(str(paths[i]), why) for i, why in sorted(failures)])
+
+
+def save_features(result: Features, out: str | os.PathLike) -> Path:
+    """Write ``.npy`` (plus ``.paths.txt`` beside it), ``.npz`` or ``.safetensors``; atomically."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in FEATURE_FORMATS:
+        raise ValueError(f"--out {out}: unknown format {suffix!r}; use one of {', '.join(FEATURE_FORMATS)}")
+    with atomic_path(out) as tmp:
+        if suffix == ".npy":
+            np.save(tmp, result.features)
+        elif suffix == ".npz":
+            np.savez(tmp, features=result.features, paths=np.array(result.paths, dtype=str),
+                     failed_paths=np.array([p for p, _ in result.failures], dtype=str),
+                     failed_reasons=np.array([r for _, r in result.failures], dtype=str),
+                     layer=np.array(result.layer))
+        else:
+            from safetensors.numpy import save_file
+            save_file({"features": np.ascontiguousarray(result.features)}, str(tmp), metadata={
+                "paths": json.dumps(result.paths), "layer": result.layer,
+                "failures": json.dumps(result.failures)})
+    if suffix == ".npy":
+        write_text_atomic(out.with_suffix(".paths.txt"), "".join(p + "\n" for p in result.paths))
+    return out
+

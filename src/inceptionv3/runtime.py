@@ -1,0 +1,45 @@
+"""Where the work runs: device choice and the thread budget.
+
+Two cores are easy to oversubscribe: with one core busy, 2-thread PyTorch runs at about a quarter of its
+quiet speed. Compute threads and decode workers are therefore budgeted together.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity and cgroup-pinned sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; an unavailable explicit choice is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def set_compute_threads(workers: int, threads: int | None = None) -> int:
+    """Give torch the cores the decode workers leave free (at least one), unless told otherwise.
+
+    ``INCEPTIONV3_NUM_THREADS`` overrides the default, so a test suite or a shared machine can pin it.
+    """
+    if threads is None:
+        env = os.environ.get("INCEPTIONV3_NUM_THREADS")
+        threads = int(env) if env else max(1, available_cores() - workers)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        log.debug("torch compute threads: %d (decode workers: %d)", threads, workers)
+    return threads

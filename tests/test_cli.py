@@ -1,0 +1,189 @@
+"""The command end to end: generated images, a generated weights file, every bad-image kind."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inceptionv3 import build_model
+from inceptionv3.cli import main
+from inceptionv3.transforms import Preprocess
+from inceptionv3.weights import save_model
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("inception_v3", num_classes=3, aux_logits=False)
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 0.05)   # a non-trivial head, so the top-k order means something
+    path = tmp_path_factory.mktemp("w") / "model.safetensors"
+    save_model(model, path, class_names=CLASSES,
+               preprocess=Preprocess(input_size=75, resize_size=80, interpolation="bilinear"))
+    return path
+
+
+def _good_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (mode, ext) in enumerate([("RGB", "png"), ("RGB", "jpg"), ("L", "png"), ("RGBA", "png"),
+                                     ("P", "gif"), ("CMYK", "jpg"), ("I;16", "png"), ("1", "bmp")]):
+        arr = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+        img = Image.fromarray(arr).convert(mode if mode != "I;16" else "L")
+        if mode == "I;16":
+            img = Image.fromarray((np.asarray(img).astype(np.uint16) * 257))
+        p = folder / f"good_{i}_{mode.replace(';', '')}.{ext}"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def _bad_images(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {"empty": folder / "bad_empty.jpg", "text": folder / "bad_text.png",
+           "truncated": folder / "bad_truncated.png", "tiny": folder / "bad_tiny.png"}
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is not an image\n")
+    buf = folder / "whole.tmp"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8) + 7).save(buf, format="PNG")
+    bad["truncated"].write_bytes(buf.read_bytes()[:200])
+    buf.unlink()
+    # A 1x1 image is valid: the transform resizes it, so it must classify, not fail.
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(bad["tiny"])
+    return bad
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_json_with_bad_images(tmp_path, model_file, capsys):
+    good = _good_images(tmp_path / "imgs")
+    bad = _bad_images(tmp_path / "imgs")
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "imgs"), "--weights", str(model_file),
+                             "--format", "json", "--top-k", "2", "--workers", "0", "--batch-size", "3")
+    assert code == 1
+    results = json.loads(out)
+    by_name = {Path(r["path"]).name: r for r in results}
+    assert [r["path"] for r in results] == sorted(r["path"] for r in results)   # folder order: sorted
+    for p in good + [bad["tiny"]]:
+        preds = by_name[p.name]["predictions"]
+        assert len(preds) == 2 and preds[0]["probability"] >= preds[1]["probability"]
+        assert preds[0]["label"] in CLASSES and CLASSES[preds[0]["index"]] == preds[0]["label"]
+    for kind in ("empty", "text", "truncated"):
+        assert "error" in by_name[bad[kind].name], kind
+    assert "empty" in by_name[bad["empty"].name]["error"]
+    assert "3 of 12 images failed" in err
+
+
+def test_predict_matches_direct_model_call(tmp_path, model_file, capsys):
+    from inceptionv3.transforms import eval_transform, load_image
+    from inceptionv3.weights import load_model
+    img = _good_images(tmp_path / "one")[0]
+    code, out, _ = run_cli(capsys, "predict", str(img), "--weights", str(model_file), "--format", "json",
+                           "--top-k", "3", "--workers", "0")
+    assert code == 0
+    model = load_model(model_file)
+    x = eval_transform(model.meta.preprocess)(load_image(img)).unsqueeze(0)
+    with torch.no_grad():
+        probs = model(x).softmax(1)[0]
+    got = {p["index"]: p["probability"] for p in json.loads(out)[0]["predictions"]}
+    for i, p in got.items():
+        assert abs(p - probs[i].item()) < 1e-5
+
+
+def test_predict_table_csv_strict_and_workers(tmp_path, model_file, capsys):
+    good = _good_images(tmp_path / "imgs")[:3]
+    code, out, _ = run_cli(capsys, "predict", *map(str, good), "--weights", str(model_file), "--workers", "1")
+    assert code == 0 and out.count("%") == 3 * 3
+    code, out, _ = run_cli(capsys, "predict", *map(str, good), "--weights", str(model_file), "--format", "csv",
+                           "--top-k", "1", "--workers", "0")
+    assert code == 0 and out.splitlines()[0].startswith("path,rank,index,label")
+    assert len(out.splitlines()) == 4
+    bad = _bad_images(tmp_path / "bad")["empty"]
+    code, out, err = run_cli(capsys, "predict", str(bad), *map(str, good), "--weights", str(model_file),
+                             "--strict", "--workers", "0")
+    assert code == 1 and "--strict" in err and str(bad) in err
+
+
+def test_features_all_formats(tmp_path, model_file, capsys):
+    imgs = tmp_path / "imgs"
+    good = _good_images(imgs)[:4]
+    _bad_images(imgs)["text"]
+    code, out, err = run_cli(capsys, "features", str(imgs / "*.png"), "--weights", str(model_file),
+                             "--out", str(tmp_path / "f.npz"), "--workers", "0")
+    assert code == 1 and "bad_text.png" in err
+    z = np.load(tmp_path / "f.npz")
+    pngs = sorted(p for p in imgs.glob("*.png") if not p.name.startswith("bad_"))
+    assert z["features"].dtype == np.float32 and z["features"].shape == (len(pngs), 2048)
+    assert list(z["paths"]) == [str(p) for p in pngs]
+    assert "bad_text.png" in " ".join(z["failed_paths"])
+
+    code, *_ = run_cli(capsys, "features", *map(str, good), "--weights", str(model_file),
+                       "--out", str(tmp_path / "f.npy"), "--layer", "Mixed_6e", "--workers", "0")
+    assert code == 0
+    arr = np.load(tmp_path / "f.npy")
+    assert arr.shape == (4, 768)
+    assert (tmp_path / "f.paths.txt").read_text().split() == [str(p) for p in good]
+
+    code, *_ = run_cli(capsys, "features", *map(str, good), "--weights", str(model_file),
+                       "--out", str(tmp_path / "f.safetensors"), "--layer", "logits", "--workers", "0")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "f.safetensors"), "numpy") as f:
+        assert f.get_tensor("features").shape == (4, 3)
+        assert json.loads(f.metadata()["paths"]) == [str(p) for p in good]
+    # Same images, same model: the pool features equal a direct forward pass.
+    from inceptionv3.features import extract_features
+    res = extract_features(good[:1], weights=model_file, workers=0)
+    res_logits = extract_features(good[:1], weights=model_file, workers=0, layer="logits")
+    m = build_model("inception_v3", num_classes=3, aux_logits=False)
+    from inceptionv3.weights import load_weights
+    load_weights(m, model_file)
+    with torch.no_grad():
+        np.testing.assert_allclose(m.fc(torch.from_numpy(res.features)).numpy(), res_logits.features, atol=1e-5)
+
+
+def test_usage_errors(tmp_path, model_file, capsys):
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "nope.jpg"), "--weights", str(model_file))
+    assert code == 2 and "nope.jpg" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "empty"), "--weights", str(model_file))
+    assert code == 2 and "no images" in err.lower()
+    img = _good_images(tmp_path / "i")[0]
+    code, _, err = run_cli(capsys, "predict", str(img), "--weights", str(tmp_path / "missing.safetensors"))
+    assert code == 2 and "missing.safetensors" in err
+    code, _, err = run_cli(capsys, "features", str(img), "--weights", str(model_file), "--out", str(tmp_path / "x.csv"))
+    assert code == 2 and ".npz" in err
+    with pytest.raises(SystemExit) as e:
+        main(["features", str(img), "--out", "x.npy", "--layer", "Mixed_9z"])
+    assert e.value.code == 2
+    code, _, err = run_cli(capsys, "predict", str(img), "--weights", str(model_file), "--top-k", "0")
+    assert code == 2 and "--top-k" in err
+
+
+def test_info(capsys):
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and "27,161,264" in out and "5.71 G" in out and "Mixed_6e" in out
+    code, out, _ = run_cli(capsys, "info", "--no-aux")
+    assert "23,834,568" in out
+    code, out, _ = run_cli(capsys, "info", "--arch", "inception_mini", "--input-size", "75")
+    assert "925,912" in out and "288 x 7 x 7" in out
+
+
+def test_entry_points_help():
+    for cmd in ([sys.executable, "-m", "inceptionv3", "--help"],
+                [str(Path(sys.executable).parent / "inceptionv3"), "predict", "--help"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "usage: inceptionv3" in res.stdout
