@@ -1,0 +1,408 @@
+"""Datasets and loaders: image lists for inference, labeled folders and the embedded digits set.
+
+Bad images never stop a run. For inference (`image_batches`) each batch lists its failures as
+(index, reason). For training, a labeled dataset returns None for an image it cannot decode and logs
+one warning naming the file and the reason (in the worker process that met it); `collate_labeled`
+drops the Nones and returns how many it dropped, so the training loop can count skipped images.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .transforms import IMAGE_EXTENSIONS, ImageError, list_images, load_image
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+# --------------------------------------------------------------------------------------------------
+# Worker budget
+# --------------------------------------------------------------------------------------------------
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset / container CPU sets
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decoding worker processes for a loader: 0 on <= 2 cores, else min(4, cores // 2).
+
+    Workers and torch's compute threads share the cores. On 2 cores torch already runs 2 threads, so
+    any worker process oversubscribes and slows the model more than decoding in-process costs. Above
+    that, half the cores decode and the rest compute; 4 workers decode JPEGs faster than a CPU runs
+    Inception V3, and more mostly cost memory (pass `workers` explicitly on a large GPU box).
+    """
+    cores = _usable_cores()
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 or None, got {workers!r}")
+    return workers
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference: a list of files, in order, failures reported per batch
+# --------------------------------------------------------------------------------------------------
+
+
+class ImageFiles(Dataset):
+    """Files for predict/features; item i -> (image tensor or None, i, error reason or None)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Transform, mode: str = "RGB") -> None:
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
+        try:
+            img = load_image(self.paths[i], self.mode)
+        except ImageError as e:
+            return None, i, e.reason
+        return self.transform(img), i, None
+
+
+@dataclass
+class Batch:
+    """Decoded images of one batch plus the inputs that failed.
+
+    `images[k]` belongs to input `indices[k]`. A batch may hold only failures; then `images` is an
+    empty tensor and `indices` is empty.
+    """
+
+    images: torch.Tensor
+    indices: list[int]
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (input index, reason)
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return Batch(self.images.pin_memory(), self.indices, self.failures)
+
+
+def collate_images(items: Sequence[tuple[torch.Tensor | None, int, str | None]]) -> Batch:
+    """Stack the decoded images and list the failures (collate_fn for `ImageFiles`)."""
+    good = [(x, i) for x, i, _ in items if x is not None]
+    failures = [(i, reason) for x, i, reason in items if x is None]
+    images = torch.stack([x for x, _ in good]) if good else torch.empty(0)
+    return Batch(images, [i for _, i in good], failures)
+
+
+def image_batches(
+    paths: Sequence[str | os.PathLike],
+    transform: Transform,
+    mode: str = "RGB",
+    batch_size: int = 32,
+    workers: int | None = None,
+    *,
+    pin_memory: bool | None = None,
+) -> Iterator[Batch]:
+    """Decoded batches in input order; worker processes decode while the caller computes.
+
+    `workers=None` uses `default_workers()`; 0 decodes in this process. `pin_memory` defaults to
+    whether CUDA is available (pinned host memory makes .to('cuda', non_blocking=True) overlap).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    workers = _resolve_workers(workers)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    loader = DataLoader(
+        ImageFiles(paths, transform, mode),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_images,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers > 0 else None,  # each worker keeps 2 batches ready ahead of compute
+    )
+    yield from loader
+
+
+# --------------------------------------------------------------------------------------------------
+# Labeled data: image folders and the embedded digits
+# --------------------------------------------------------------------------------------------------
+
+
+class LabeledImages(Dataset):
+    """(image tensor, label) pairs from files; an image that fails to decode gives None.
+
+    The failure is logged once per file and process (with its reason); `collate_labeled` drops it and
+    counts it, so one bad file costs one sample, not the run.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        transform: Transform,
+        mode: str = "RGB",
+    ) -> None:
+        self.samples = [(str(p), int(y)) for p, y in samples]
+        self.classes = list(classes)
+        self.transform = transform
+        self.mode = mode
+        self._reported: set[str] = set()
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[i]
+        try:
+            img = load_image(path, self.mode)
+        except ImageError as e:
+            if path not in self._reported:
+                self._reported.add(path)
+                log.warning("skipping %s", e)
+            return None
+        return self.transform(img), label
+
+
+class InMemoryImages(Dataset):
+    """(image tensor, label) pairs from PIL images held in memory (the digits set)."""
+
+    def __init__(
+        self,
+        images: Sequence[Image.Image],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        transform: Transform,
+        name: str = "memory",
+    ) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = list(images)
+        self.classes = list(classes)
+        self.transform = transform
+        # Same shape as LabeledImages.samples so callers can count classes the same way.
+        self.samples = [(f"{name}[{i}]", int(y)) for i, y in enumerate(labels)]
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), self.samples[i][1]
+
+
+def _class_dirs(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder (expected one sub-folder per class)")
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        what = "is empty" if not any(root.iterdir()) else "has no class sub-folders"
+        hint = f"expected one sub-folder of images per class, e.g. {root}/cat/1.jpg"
+        raise ValueError(f"{root}: {what} ({hint})")
+    return names
+
+
+def image_folder(root: str | os.PathLike, transform: Transform, mode: str = "RGB") -> LabeledImages:
+    """One sub-folder per class (sorted names -> label indices), images found recursively inside."""
+    root = Path(root)
+    classes = _class_dirs(root)
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = list_images(root / name, IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(
+                f"{root / name}: class folder has no images (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        samples.extend((str(f), label) for f in files)
+    return LabeledImages(samples, classes, transform, mode)
+
+
+# The digits set ships with scikit-learn (offline): 1,797 8x8 images of 0..9, values 0..16.
+# A fixed stratified split: 1,347 train / 450 val.
+DIGITS_VAL_FRACTION = 0.25
+DIGITS_SEED = 0
+DIGITS_CLASSES = [str(d) for d in range(10)]
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    pixels = np.round(bunch.images * 255.0 / 16.0).astype(np.uint8)  # N x 8 x 8, 0..16 -> 0..255
+    y = bunch.target.astype(np.int64)
+    idx_train, idx_val = train_test_split(
+        np.arange(len(y)), test_size=DIGITS_VAL_FRACTION, random_state=DIGITS_SEED, stratify=y
+    )
+    # Sorted: keeps the original order inside each split, whatever order sklearn returns.
+    idx_train, idx_val = np.sort(idx_train), np.sort(idx_val)
+    return {"train": (pixels[idx_train], y[idx_train]), "val": (pixels[idx_val], y[idx_val])}
+
+
+def digits_split(split: str) -> tuple[list[Image.Image], list[int]]:
+    """The embedded digits as 8x8 'L' images and labels; split is "train" (1,347) or "val" (450)."""
+    _check_split(split)
+    pixels, labels = _digits_arrays()[split]
+    return [Image.fromarray(p, "L") for p in pixels], labels.tolist()
+
+
+def digits(split: str, transform: Transform, mode: str = "L") -> InMemoryImages:
+    """Digits as a dataset with classes "0".."9"; `mode` converts the 8x8 grey images (e.g. to RGB)."""
+    images, labels = digits_split(split)
+    if mode != "L":
+        images = [im.convert(mode) for im in images]
+    return InMemoryImages(images, labels, DIGITS_CLASSES, transform, name=f"digits-{split}")
+
+
+def load_labeled(
+    spec: str | os.PathLike,
+    split: str,
+    transform: Transform,
+    mode: str = "RGB",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> LabeledImages | InMemoryImages:
+    """A labeled split from "digits" or a folder.
+
+    A folder with train/ and val/ sub-folders uses them (class names must match). A folder with only
+    train/ is split like a single folder. Otherwise the folder is one image folder, split per class with
+    a seeded shuffle: round(n * val_fraction) images of each class (at least 1 when the class has 2+)
+    go to "val", the same ones for the same seed every time.
+    """
+    _check_split(split)
+    if str(spec) == "digits":
+        return digits(split, transform, mode)
+    root = Path(spec)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder (expected 'digits' or a folder of class sub-folders)")
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        train_classes, val_classes = _class_dirs(train_dir), _class_dirs(val_dir)
+        if train_classes != val_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise ValueError(
+                f"{root}: train/ and val/ have different class folders "
+                f"(only in train: {only_train or '-'}; only in val: {only_val or '-'})"
+            )
+        return image_folder(root / split, transform, mode)
+    if train_dir.is_dir():
+        log.info("%s has train/ but no val/: splitting train/ with val_fraction=%s", root, val_fraction)
+        root = train_dir
+    full = image_folder(root, transform, mode)
+    train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
+    keep = train_idx if split == "train" else val_idx
+    return LabeledImages([full.samples[i] for i in keep], full.classes, transform, mode)
+
+
+def stratified_split(
+    labels: Sequence[int], val_fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Seeded per-class split of indices -> (train, val), both sorted.
+
+    Written out (rather than sklearn's train_test_split) so tiny classes never raise: a class with 2+
+    items always keeps at least one item on each side; a class with one item stays in train.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    train: list[int] = []
+    val: list[int] = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(len(idx) * val_fraction))
+        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return sorted(train), sorted(val)
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Labeled loaders
+# --------------------------------------------------------------------------------------------------
+
+
+def collate_labeled(
+    batch: Sequence[tuple[torch.Tensor, int] | None],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images, labels, number skipped): drops the None items of images that failed to decode.
+
+    When every item failed, images and labels are empty (size 0) tensors; the caller skips the step.
+    """
+    good = [item for item in batch if item is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([x for x, _ in good])
+    labels = torch.tensor([y for _, y in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker as base_seed + worker_id (base_seed from the loader's generator);
+    # derive numpy's and random's seeds from it so any augmentation using them is reproducible too.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def labeled_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int | None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """DataLoader yielding (images, labels, skipped); shuffling and worker seeds follow `seed`.
+
+    With workers=0 the random augmentations draw from torch's global generator in this process: seed
+    it (torch.manual_seed) for a reproducible run. Workers persist across epochs to avoid re-forking.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    workers = _resolve_workers(workers)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_labeled,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+    )
