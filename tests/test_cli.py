@@ -120,12 +120,12 @@ def test_predict_table_csv_strict_and_workers(tmp_path, model_file, capsys):
 def test_features_all_formats(tmp_path, model_file, capsys):
     imgs = tmp_path / "imgs"
     good = _good_images(imgs)[:4]
-    _bad_images(imgs)["text"]
+    bad = _bad_images(imgs)
     code, out, err = run_cli(capsys, "features", str(imgs / "*.png"), "--weights", str(model_file),
                              "--out", str(tmp_path / "f.npz"), "--workers", "0")
-    assert code == 1 and "bad_text.png" in err
+    assert code == 1 and "bad_text.png" in err and "bad_truncated.png" in err
     z = np.load(tmp_path / "f.npz")
-    pngs = sorted(p for p in imgs.glob("*.png") if not p.name.startswith("bad_"))
+    pngs = sorted(p for p in imgs.glob("*.png") if p not in (bad["text"], bad["truncated"]))
     assert z["features"].dtype == np.float32 and z["features"].shape == (len(pngs), 2048)
     assert list(z["paths"]) == [str(p) for p in pngs]
     assert "bad_text.png" in " ".join(z["failed_paths"])

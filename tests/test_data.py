@@ -91,7 +91,7 @@ def test_batch_of_only_failures(mixed_files):
 
 @pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (3, 1), (4, 2), (8, 4), (64, 4)])
 def test_default_workers_budget(monkeypatch, cores, expected):
-    monkeypatch.setattr(D, "_usable_cores", lambda: cores)
+    monkeypatch.setattr(D, "available_cores", lambda: cores)
     assert default_workers() == expected
 
 

@@ -172,6 +172,66 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+# Generator metrics (fid, kid, is, stats) -----------------------------------------------------------
+
+def _metric_kwargs(args) -> dict:
+    return {"weights": args.weights, "mode": args.mode, "device": args.device, "batch_size": args.batch_size,
+            "workers": args.workers, "progress": _progress(args)}
+
+
+def _report(args, result: dict, line: str) -> int:
+    for w in result.get("warnings", []):
+        print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
+    print(json.dumps(result, indent=2) if args.format == "json" else line)
+    return EXIT_OK
+
+
+def _quiet_warnings(fn, *a, **kw) -> dict:
+    # The API warns (MetricWarning); the CLI lists those once, as lines, in _report.
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*a, **kw)
+    extra = [str(w.message) for w in caught if str(w.message) not in result.get("warnings", [])]
+    result["warnings"] = list(dict.fromkeys(result.get("warnings", []) + extra))
+    return result
+
+
+def cmd_fid(args) -> int:
+    from .metrics import fid
+    r = _quiet_warnings(fid, args.a, args.b, dims=args.dims, legacy_sqrtm=args.legacy_sqrtm,
+                        strict=args.strict, **_metric_kwargs(args))
+    d = r["diagnostics"]
+    mode = r["meta"][0].get("mode", "mode unknown")
+    detail = (f"smallest eigenvalue {d['min_eigenvalue']:.3g}" if r["method"] == "eigh"
+              else f"largest imaginary part dropped {d['max_imag']:.3g}")
+    return _report(args, r, f"FID: {r['fid']:.6f}  (n={r['n'][0]}, {r['n'][1]}; {mode}, {r['dims']}-d, "
+                            f"{r['method']}; {detail})")
+
+
+def cmd_kid(args) -> int:
+    from .metrics import kid
+    r = _quiet_warnings(kid, args.a, args.b, dims=args.dims, subsets=args.kid_subsets,
+                        subset_size=args.kid_subset_size, **_metric_kwargs(args))
+    return _report(args, r, f"KID: {r['kid']:.6g} +- {r['kid_std']:.6g}  (n={r['n'][0]}, {r['n'][1]}; "
+                            f"{r['subsets']} subsets of {r['subset_size']}; {args.mode}, {args.dims}-d)")
+
+
+def cmd_is(args) -> int:
+    from .metrics import inception_score
+    r = _quiet_warnings(inception_score, args.a, splits=args.splits, **_metric_kwargs(args))
+    return _report(args, r, f"IS: {r['is']:.6g} +- {r['is_std']:.6g}  (n={r['n']}; {r['splits']} splits; "
+                            f"{args.mode}; {r['logits']})")
+
+
+def cmd_stats(args) -> int:
+    from .metrics import compute_stats, save_stats
+    stats = compute_stats(args.a, dims=args.dims, **_metric_kwargs(args))
+    out = save_stats(stats, args.out)
+    print(f"wrote {args.dims}-d statistics of {stats.n} images ({args.mode}) to {out}")
+    return EXIT_OK
+
+
 # Parser ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,18 +297,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="draw the confusion matrix")
     p.set_defaults(func=cmd_evaluate)
+
+    # Generator metrics (fid, kid, is, stats) -------------------------------------------------------
+    from .metrics import DIMS, MODES
+
+    def metric_parser(name: str, helptext: str, inputs: int, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=helptext, description=description)
+        p.add_argument("a", metavar="A", help="image folder (or glob, @list.txt) or .npz statistics file")
+        if inputs == 2:
+            p.add_argument("b", metavar="B", help="image folder (or glob, @list.txt) or .npz statistics file")
+        p.add_argument("--weights", default="fid", help="registry name or weights file (default fid)")
+        # fid scores images the way a given statistics file was made unless told otherwise.
+        from_stats = " (default: a statistics input's, else {})" if name == "fid" else " (default {})"
+        p.add_argument("--mode", default=None if name == "fid" else "pytorch-fid", choices=MODES,
+                       help="preprocessing of the reference tool to match" + from_stats.format("pytorch-fid"))
+        if name != "is":   # the Inception Score reads the logits
+            p.add_argument("--dims", type=int, default=None if name == "fid" else 2048, choices=sorted(DIMS),
+                           help="feature tap" + from_stats.format(2048))
+        p.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
+        p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        return p
+
+    p = metric_parser("fid", "Fréchet Inception Distance of two image sets", 2,
+                      "FID between A and B (folders, statistics files, or one of each).")
+    p.add_argument("--legacy-sqrtm", action="store_true",
+                   help="pytorch-fid's scipy sqrtm route instead of the symmetric eigh route")
+    p.add_argument("--strict", action="store_true",
+                   help="error (not warning) when the statistics differ in weights, tap or mode")
+    p.set_defaults(func=cmd_fid)
+    p = metric_parser("kid", "Kernel Inception Distance of two image sets", 2,
+                      "KID between image folders A and B (cubic polynomial kernel, random subsets).")
+    p.add_argument("--kid-subsets", type=int, default=100, help="number of subsets (default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="images per subset (default 1000)")
+    p.set_defaults(func=cmd_kid)
+    p = metric_parser("is", "Inception Score of an image set", 1,
+                      "Inception Score of image folder A (softmax over the FID net's 1008 logits).")
+    p.add_argument("--splits", type=int, default=10, help="splits (default 10)")
+    p.set_defaults(func=cmd_is)
+    p = metric_parser("stats", "FID statistics of an image set to a .npz file", 1,
+                      "Write mean and covariance (pytorch-fid's mu/sigma) plus metadata to a .npz file.")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output statistics file")
+    p.set_defaults(func=cmd_stats)
+    # --------------------------------------------------------------------------------------------------
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Progress lines (training epochs, downloads) are INFO; -v adds DEBUG detail and tracebacks.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
     from .weights import WeightsError
     try:
         return args.func(args)
-    except (CommandError, WeightsError, ValueError, OSError) as e:
+    except (CommandError, WeightsError, ValueError, OSError, ImportError) as e:
         # Our errors name the thing and the fix; a traceback would bury that. -v shows it anyway.
         if args.verbose:
             raise

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .runtime import available_cores
 from .transforms import IMAGE_EXTENSIONS, ImageError, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ Transform = Callable[[Image.Image], torch.Tensor]
 # --------------------------------------------------------------------------------------------------
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects taskset / container CPU sets
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
     """Decoding worker processes for a loader: 0 on <= 2 cores, else min(4, cores // 2).
 
@@ -47,7 +41,7 @@ def default_workers() -> int:
     that, half the cores decode and the rest compute; 4 workers decode JPEGs faster than a CPU runs
     Inception V3, and more mostly cost memory (pass `workers` explicitly on a large GPU box).
     """
-    cores = _usable_cores()
+    cores = available_cores()
     return 0 if cores <= 2 else min(4, cores // 2)
 
 

@@ -115,7 +115,8 @@ def evaluate(
         if list(meta.class_names) != classes:
             raise ValueError(
                 f"class names of the model ({weights}: {_preview(meta.class_names)}) do not match the data "
-                f"({data}: {_preview(classes)}); evaluate on data with the same class folders, in the same order"
+                f"({data}: {_preview(classes)}); evaluate on data with the same class folders, in the same "
+                "order"
             )
     elif meta.num_classes != len(classes):
         raise ValueError(
@@ -123,7 +124,8 @@ def evaluate(
             "evaluate weights trained on this data"
         )
     else:
-        logger.warning("%s carries no class names; assuming they are the data's: %s", weights, _preview(classes))
+        logger.warning("%s carries no class names; assuming they are the data's: %s", weights,
+                       _preview(classes))
     if workers is None:
         workers = data_mod.default_workers()
     loader = data_mod.labeled_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
@@ -144,7 +146,8 @@ def format_report(result: dict[str, Any], class_names: Sequence[str]) -> str:
     names = [str(c) for c in class_names]
     k = result.get("topk", min(5, len(names)))
     lines = [
-        f"images: {result['n']}" + (f" (skipped {result['skipped']} unreadable)" if result.get("skipped") else ""),
+        f"images: {result['n']}"
+        + (f" (skipped {result['skipped']} unreadable)" if result.get("skipped") else ""),
         f"top-1: {result['top1']:.2f}%   top-{k}: {result['top5']:.2f}%   loss: {result['loss']:.4f}",
         "",
     ]
@@ -152,7 +155,8 @@ def format_report(result: dict[str, Any], class_names: Sequence[str]) -> str:
     lines.append(f"{'class':<{width}}  precision  recall  support")
     for i, name in enumerate(names):
         lines.append(
-            f"{name:<{width}}  {result['precision'][i]:9.3f}  {result['recall'][i]:6.3f}  {int(result['support'][i]):7d}"
+            f"{name:<{width}}  {result['precision'][i]:9.3f}  {result['recall'][i]:6.3f}  "
+            f"{int(result['support'][i]):7d}"
         )
     conf = np.asarray(result["confusion"])
     lines.append("")

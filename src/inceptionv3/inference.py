@@ -41,11 +41,7 @@ def run(
     desc: str = "images",
 ) -> Iterator[Step]:
     """Apply ``fn(model, images)`` to every decodable image, in input order; outputs come back on the CPU."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     workers = default_workers() if workers is None else workers
-    if workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {workers}")
     set_compute_threads(workers)
     dev = resolve_device(device)
     model = model.to(dev).eval()

@@ -17,7 +17,7 @@ def available_cores() -> int:
     """Cores this process may run on (respects CPU affinity and cgroup-pinned sets)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
+    except (AttributeError, OSError):  # not on Linux
         return max(1, os.cpu_count() or 1)
 
 

@@ -43,15 +43,17 @@ FOLDER_CROP_FRACTION = 0.875  # folders: resize to size / 0.875, center-crop siz
 class TrainConfig:
     """Everything a training run depends on; one field per `inceptionv3 train` flag, saved as config.json."""
 
-    data: str = field(metadata={"help": "'digits' or an image folder (class sub-folders, or train/ and val/)"})
+    data: str = field(metadata={
+        "help": "'digits' or an image folder (class sub-folders, or train/ and val/)"})
     out: str = field(default="runs/train", metadata={"help": "run folder for checkpoints and metrics"})
     arch: str = field(default="inception_v3", metadata={
         "help": "network", "choices": ("inception_v3", "inception_mini")})
-    epochs: int = field(default=4, metadata={"help": "passes over the training images"})
+    epochs: int = field(default=6, metadata={"help": "passes over the training images"})
     batch_size: int = field(default=32, metadata={"help": "images per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW decay (not on BN or bias parameters)"})
-    image_size: int = field(default=75, metadata={"help": "input side in pixels (>= 75; aux head needs >= 299)"})
+    image_size: int = field(default=75, metadata={
+        "help": "input side in pixels (>= 75; the aux head needs >= 299)"})
     weights: str | None = field(default=None, metadata={
         "help": "start from these weights (registry name or file); a new class set gets a fresh classifier"})
     aux_logits: bool | None = field(default=None, metadata={
@@ -60,7 +62,8 @@ class TrainConfig:
     clip_grad: float = field(default=2.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     aux_weight: float = field(default=0.4, metadata={"help": "weight of the aux head's loss"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
-    workers: int | None = field(default=None, metadata={"help": "decode worker processes (default: by cores)"})
+    workers: int | None = field(default=None, metadata={
+        "help": "decode worker processes (default: chosen for the core count)"})
     val_fraction: float = field(default=0.2, metadata={
         "help": "held-out share of a single image folder (ignored for digits and train/ + val/ folders)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -107,7 +110,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def resolve_aux(cfg: TrainConfig) -> bool:
-    """Whether the aux head is trained: auto = inception_v3 at >= 299 px; an impossible request is an error."""
+    """Whether the aux head is trained: auto = inception_v3 at >= 299 px; an impossible request errors."""
     has_aux = cfg.arch == "inception_v3"
     if cfg.aux_logits is None:
         return has_aux and cfg.image_size >= AUX_MIN_INPUT_SIZE
@@ -115,7 +118,8 @@ def resolve_aux(cfg: TrainConfig) -> bool:
         raise ValueError(f"{cfg.arch} has no aux head; leave --aux-logits unset")
     if cfg.aux_logits and cfg.image_size < AUX_MIN_INPUT_SIZE:
         raise ValueError(
-            f"the aux head needs --image-size >= {AUX_MIN_INPUT_SIZE} (got {cfg.image_size}); use --no-aux-logits"
+            f"the aux head needs --image-size >= {AUX_MIN_INPUT_SIZE} (got {cfg.image_size}); "
+            "use --no-aux-logits"
         )
     return bool(cfg.aux_logits)
 
@@ -130,7 +134,7 @@ def preprocess_for(cfg: TrainConfig) -> Preprocess:
 
 def augmentation_for(cfg: TrainConfig, pre: Preprocess):
     """Training transform. Digits: a mild crop and no flip (a mirrored 2 or 7 is not a digit).
-    Folders: the Inception-style random-resized crop (scale 0.25-1, milder than 0.08 for small data) + flip."""
+    Folders: the Inception random-resized crop (scale 0.25-1, milder than 0.08 for small data) + flip."""
     if cfg.data == "digits":
         return train_transform(pre, scale=(0.85, 1.0), ratio=(0.9, 1.1), hflip=False)
     return train_transform(pre, scale=(0.25, 1.0), hflip=True)
@@ -138,7 +142,7 @@ def augmentation_for(cfg: TrainConfig, pre: Preprocess):
 
 def build_datasets(cfg: TrainConfig, pre: Preprocess) -> tuple[Dataset, Dataset, list[str]]:
     """(train, val, class names); `cfg.limit` keeps a seeded random subset of the training images."""
-    kw = dict(mode="RGB", val_fraction=cfg.val_fraction, seed=cfg.seed)
+    kw = {"mode": "RGB", "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     train_ds = data_mod.load_labeled(cfg.data, "train", augmentation_for(cfg, pre), **kw)
     val_ds = data_mod.load_labeled(cfg.data, "val", eval_transform(pre), **kw)
     classes = list(train_ds.classes)
@@ -161,7 +165,7 @@ def init_model(cfg: TrainConfig, classes: list[str], aux: bool) -> nn.Module:
     same classes); otherwise it is reset, because its outputs would mean other classes. The aux head is
     dropped when it is not trained.
     """
-    config = dict(num_classes=len(classes), aux_logits=aux, in_chans=3)
+    config = {"num_classes": len(classes), "aux_logits": aux, "in_chans": 3}
     if cfg.weights is None:
         return build_model(cfg.arch, **config)
     from .weights import load_model
@@ -244,7 +248,8 @@ def train_one_epoch(
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"loss is {loss_value} at epoch {epoch}, step {steps + 1} (lr {lr:.3g}); training stopped "
-                f"and the checkpoints of earlier epochs are kept. Lower --lr (now {cfg.lr:g}) or check the data."
+                f"and the checkpoints of earlier epochs are kept. Lower --lr (now {cfg.lr:g}) or check the "
+                "data."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -128,6 +128,24 @@ _ENTRIES = (
         license="BSD-3-Clause (torchvision); weights ported from TensorFlow (Apache-2.0)",
         metrics={"acc@1": 77.294, "acc@5": 93.450},
     ),
+    WeightsEntry(
+        name="fid",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth",
+        # pytorch-fid publishes only this 8-hex prefix of the sha256, in the file name (torch.hub style).
+        sha256="6726825d",
+        arch="inception_v3",
+        num_classes=1008,
+        categories_file=None,
+        # The FID metric modes (pytorch-fid / tf / clean, in metrics.py) squash to 299x299 without a crop;
+        # this is the closest classification preset: inputs in [-1, 1] at 299 px.
+        preprocess=Preprocess(input_size=299, resize_size=299, interpolation="bilinear",
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        # The TF 2015-12-05 graph as pytorch-fid ports it; its state dict has no aux head.
+        model_config={"aux_logits": False, "count_include_pad": False, "last_pool": "max"},
+        source="pytorch-fid (TF inception-2015-12-05, the FID network)",
+        license="Apache-2.0 (pytorch-fid; weights ported from TensorFlow)",
+    ),
 )
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
 
