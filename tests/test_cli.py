@@ -187,3 +187,28 @@ def test_entry_points_help():
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         assert "usage: inceptionv3" in res.stdout
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
+    """The demo's command chain, small: train -> evaluate (+plot) -> write PNGs -> predict -> features."""
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "digits", "--out", str(run), "--arch", "inception_mini",
+                           "--image-size", "32", "--epochs", "1", "--limit", "96", "--batch-size", "32",
+                           "--workers", "0", "--no-progress")
+    assert code == 0 and "best held-out top-1" in out
+    assert json.loads((run / "config.json").read_text())["arch"] == "inception_mini"
+    code, out, _ = run_cli(capsys, "evaluate", "digits", "--weights", str(run / "best.safetensors"),
+                           "--format", "json", "--plot", str(tmp_path / "conf.png"), "--workers", "0")
+    assert code == 0
+    report = json.loads(out)
+    assert report["n"] == 450 and len(report["confusion"]) == 10
+    assert (tmp_path / "conf.png").read_bytes()[:4] == b"\x89PNG"
+    from inceptionv3.demo import write_digits
+    pngs = write_digits(tmp_path / "digits", count=4)
+    code, out, _ = run_cli(capsys, "predict", str(tmp_path / "digits"), "--weights",
+                           str(run / "best.safetensors"), "--format", "json", "--workers", "0")
+    assert code == 0 and [r["path"] for r in json.loads(out)] == [str(p) for p in pngs]
+    assert all(r["predictions"][0]["label"] in "0123456789" for r in json.loads(out))
+    code, *_ = run_cli(capsys, "features", str(tmp_path / "digits"), "--weights", str(run / "best.safetensors"),
+                       "--out", str(tmp_path / "f.npz"), "--workers", "0")
+    assert code == 0 and np.load(tmp_path / "f.npz")["features"].shape == (4, 288)

@@ -1,6 +1,7 @@
 """Training: learns the digits, writes loadable checkpoints, stops on NaN loss, survives a bad image."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from inceptionv3 import train as train_mod
 from inceptionv3.model import build_model
 from inceptionv3.train import (
     NonFiniteLossError,
@@ -27,6 +27,8 @@ from inceptionv3.train import (
     train,
 )
 from inceptionv3.weights import load_model, read_state_dict, save_model
+
+train_mod = importlib.import_module("inceptionv3.train")  # the module; the package exports the function
 
 torch.set_num_threads(1)
 

@@ -1,27 +1,25 @@
-"""InceptionV3 as faithful, fast, dependable software: classify, extract features, train, evaluate."""
+"""InceptionV3 as faithful, fast, dependable software: classify, extract features, train, evaluate, score."""
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Functions are imported by name here, after their modules, so `inceptionv3.predict` is always the
+# function even though a module of the same name exists (a lazy import would let the module win).
 from .model import (  # noqa: E402
     ARCHS, TAPS, InceptionMini, InceptionV3, build_model, inception_mini, inception_v3,
 )
+from .weights import REGISTRY, WeightsError, load_model, load_weights, save_model  # noqa: E402
+from .transforms import Preprocess, load_image  # noqa: E402
+from .predict import predict  # noqa: E402
+from .features import extract_features, save_features  # noqa: E402
+from .info import summarize  # noqa: E402
+from .train import TrainConfig, train  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from . import metrics  # noqa: E402
 
 __all__ = [
     "__version__", "ARCHS", "TAPS", "InceptionV3", "InceptionMini", "build_model", "inception_v3",
-    "inception_mini", "load_weights", "load_model", "save_model", "predict", "extract_features",
-    "save_features", "summarize", "train", "TrainConfig", "evaluate",
+    "inception_mini", "REGISTRY", "WeightsError", "load_model", "load_weights", "save_model", "Preprocess",
+    "load_image", "predict", "extract_features", "save_features", "summarize", "TrainConfig", "train",
+    "evaluate", "metrics",
 ]
-
-
-def __getattr__(name: str):
-    # The rest of the API loads on first use, so `import inceptionv3` stays light.
-    lazy = {
-        "load_weights": "weights", "load_model": "weights", "save_model": "weights", "REGISTRY": "weights",
-        "predict": "predict", "extract_features": "features", "save_features": "features",
-        "summarize": "info", "train": "train", "TrainConfig": "train", "evaluate": "evaluate",
-    }
-    if name in lazy:
-        import importlib
-        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
-    raise AttributeError(f"module 'inceptionv3' has no attribute {name!r}")

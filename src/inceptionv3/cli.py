@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an image folder with one sub-folder per class (or train/ and val/).")
     p.add_argument("data", help="'digits' or an image folder")
     _dataclass_args(p, TrainConfig, skip=("data",))
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class precision/recall, confusion matrix",
