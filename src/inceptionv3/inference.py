@@ -5,6 +5,7 @@ failures travel with each batch so they can be reported in input order without s
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -26,6 +27,34 @@ class Step:
     failures: list[tuple[int, str]]
 
 
+@torch.no_grad()
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """Fold each Conv+BN pair into one biased conv, in place (eval-mode arithmetic; about 1e-6 relative)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    from .model import BasicConv2d
+
+    for m in model.modules():
+        if isinstance(m, BasicConv2d) and isinstance(m.bn, nn.BatchNorm2d):
+            bn, conv = m.bn, m.conv
+            fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                       conv.stride, conv.padding, bias=True, device=conv.weight.device)
+            fused.weight, fused.bias = fuse_conv_bn_weights(
+                conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+            m.conv, m.bn = fused.requires_grad_(False), nn.Identity()
+    return model
+
+
+def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy for fast inference: batch norm folded into the convs, channels-last memory.
+
+    On CPU, channels-last alone runs InceptionV3 about 1.4x faster than the default layout, and folding
+    removes one pass over every activation. The caller's model is left untouched.
+    """
+    fast = fold_batch_norm(copy.deepcopy(model).eval())
+    return fast.to(device, memory_format=torch.channels_last)
+
+
 def image_mode(model: nn.Module) -> str:
     return "L" if getattr(model, "in_chans", 3) == 1 else "RGB"
 
@@ -44,15 +73,20 @@ def run(
     workers = default_workers() if workers is None else workers
     set_compute_threads(workers)
     dev = resolve_device(device)
-    model = model.to(dev).eval()
-    transform = eval_transform(model.meta.preprocess, in_chans=getattr(model, "in_chans", 3))
+    meta = getattr(model, "meta", None)
+    if meta is None:
+        raise ValueError("the model carries no preprocessing (model.meta): load it with "
+                         "inceptionv3.load_model, or set model.meta from inceptionv3.load_weights")
+    transform = eval_transform(meta.preprocess, in_chans=getattr(model, "in_chans", 3))
+    fast = inference_copy(model, dev)
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
     try:
         with torch.inference_mode():
             for batch in image_batches(paths, transform, mode=image_mode(model),
                                        batch_size=batch_size, workers=workers):
                 if len(batch.indices):
-                    out = fn(model, batch.images.to(dev, non_blocking=True)).float().cpu()
+                    images = batch.images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    out = fn(fast, images).float().cpu()
                 else:
                     out = torch.empty(0)
                 bar.update(len(batch.indices) + len(batch.failures))

@@ -38,6 +38,7 @@ from . import __version__
 from . import fid as fidmath
 from .fid import MetricWarning
 from .fileio import atomic_path
+from .inference import fold_batch_norm
 from .model import TAPS
 from .runtime import resolve_device, set_compute_threads
 
@@ -195,24 +196,6 @@ def load_metric_model(weights: str | PathLike | nn.Module = "fid") -> nn.Module:
     return model.eval()
 
 
-def _fold_batch_norm(model: nn.Module) -> nn.Module:
-    """Fold each Conv+BN pair of ``model`` into one biased conv, in place (eval-mode arithmetic)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-    from .model import BasicConv2d
-
-    for m in model.modules():
-        if isinstance(m, BasicConv2d) and isinstance(m.bn, nn.BatchNorm2d):
-            bn, conv = m.bn, m.conv
-            fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                       conv.stride, conv.padding, bias=True, device=conv.weight.device)
-            w, b = fuse_conv_bn_weights(conv.weight, None, bn.running_mean, bn.running_var, bn.eps,
-                                        bn.weight, bn.bias)
-            fused.weight, fused.bias = w, b
-            m.conv, m.bn = fused.requires_grad_(False), nn.Identity()
-    return model
-
-
 class FeatureNet:
     """The metric network and one preprocessing mode: images in, N x dims features (and logits) out.
 
@@ -236,7 +219,7 @@ class FeatureNet:
         self.num_classes = int(getattr(model, "num_classes", 0))
         if isinstance(weights, nn.Module):
             model = copy.deepcopy(model)       # the caller's model stays as it was
-        model = _fold_batch_norm(model.eval()) if fold_bn else model.eval()
+        model = fold_batch_norm(model.eval()) if fold_bn else model.eval()
         self.model = model.to(self.device, memory_format=torch.channels_last)
 
     def meta(self) -> dict:

@@ -226,13 +226,19 @@ def _check_size(x: torch.Tensor, minimum: int, what: str) -> None:
 
 @torch.no_grad()
 def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
-    # TF's truncated normal: redraw anything beyond two standard deviations. Redrawing is exact and
-    # about 10x faster than nn.init.trunc_normal_'s inverse-CDF route, which keeps construction quick.
-    tensor.normal_(0.0, std)
-    bad = tensor.abs() > 2 * std
-    while bad.any():
-        tensor[bad] = torch.randn(int(bad.sum()), dtype=tensor.dtype, device=tensor.device) * std
-        bad = tensor.abs() > 2 * std
+    # TF's truncated normal: values beyond two standard deviations are redrawn. Redrawing only the ~4.6%
+    # that fall outside is exact and several times faster than nn.init.trunc_normal_'s inverse-CDF route,
+    # which keeps constructing the 27M-parameter network quick.
+    flat = tensor.view(-1)
+    flat.normal_(0.0, std)
+    idx = (flat.abs() > 2 * std).nonzero().squeeze(1)
+    values = torch.randn(len(idx), dtype=tensor.dtype, device=tensor.device) * std
+    while True:
+        bad = values.abs() > 2 * std
+        if not bad.any():
+            break
+        values[bad] = torch.randn(int(bad.sum()), dtype=tensor.dtype, device=tensor.device) * std
+    flat[idx] = values
 
 
 class InceptionV3(nn.Module):
