@@ -212,3 +212,49 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     code, *_ = run_cli(capsys, "features", str(tmp_path / "digits"), "--weights", str(run / "best.safetensors"),
                        "--out", str(tmp_path / "f.npz"), "--workers", "0")
     assert code == 0 and np.load(tmp_path / "f.npz")["features"].shape == (4, 288)
+
+
+def test_every_image_kind_through_predict_and_features(tmp_path, model_file, monkeypatch):
+    """Odd-but-valid images are classified; broken ones are reported with a reason, never a crash."""
+    from PIL import Image as PILImage
+
+    from inceptionv3.features import extract_features
+    from inceptionv3.predict import predict
+
+    d = tmp_path / "kinds"
+    d.mkdir()
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    rgb.convert("LA").save(d / "la.png")
+    pal = rgb.convert("P")
+    pal.info["transparency"] = 0
+    pal.save(d / "p_transparent.png")
+    rgb.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.full((80, 80), 40000, np.uint16)).save(d / "sixteen_bit.png")
+    rgb.convert("1").save(d / "one_bit.png")
+    rgb.save(d / "animated.gif", save_all=True, append_images=[rgb.rotate(90)], duration=50, loop=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6   # rotated 90 degrees: must be turned upright on load
+    rgb.save(d / "exif_rotated.jpg", exif=exif)
+    (d / "zero_bytes.png").write_bytes(b"")
+    (d / "not_an_image.jpg").write_text("hello")
+    rgb.save(d / "whole.jpg")
+    (d / "truncated.jpg").write_bytes((d / "whole.jpg").read_bytes()[:300])
+    (d / "whole.jpg").unlink()
+    Image.new("RGB", (300, 300)).save(d / "bomb.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)   # 300 x 300 is now "too large"
+
+    good = {"la.png", "p_transparent.png", "cmyk.jpg", "sixteen_bit.png", "one_bit.png", "animated.gif",
+            "exif_rotated.jpg"}
+    reasons = {"zero_bytes.png": "empty", "not_an_image.jpg": "not an image", "truncated.jpg": "truncated",
+               "bomb.png": "MAX_IMAGE_PIXELS"}
+    results = {Path(r["path"]).name: r for r in predict([d], weights=model_file, workers=0, top_k=1)}
+    assert set(results) == good | set(reasons)
+    for name in good:
+        assert results[name]["predictions"][0]["label"] in CLASSES, name
+    for name, why in reasons.items():
+        assert why.lower() in results[name]["error"].lower(), (name, results[name])
+
+    feats = extract_features([d], weights=model_file, workers=0)
+    assert feats.features.shape == (len(good), 2048) and np.isfinite(feats.features).all()
+    assert {Path(p).name for p in feats.paths} == good
+    assert {Path(p).name for p, _ in feats.failures} == set(reasons)
