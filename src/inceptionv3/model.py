@@ -241,7 +241,26 @@ def _trunc_normal(tensor: torch.Tensor, std: float) -> None:
     flat[idx] = values
 
 
-class InceptionV3(nn.Module):
+class _Classifier(nn.Module):
+    """The head and forward contract both networks share: global average pool, dropout, fc."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)   # N x num_features
+        if pre_logits:
+            return x
+        return self.fc(self.dropout(x))         # N x num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+
+class InceptionV3(_Classifier):
     """InceptionV3 with one forward contract: ``forward(x)`` returns logits in every mode.
 
     Aux logits only come from ``forward_train``. Variants are arguments:
@@ -347,15 +366,6 @@ class InceptionV3(nn.Module):
         x = self.Mixed_7b(x)        # N x 2048 x 8 x 8
         return self.Mixed_7c(x)     # N x 2048 x 8 x 8
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)   # N x 2048
-        if pre_logits:
-            return x
-        return self.fc(self.dropout(x))         # N x num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     @torch.jit.unused
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(logits, aux_logits); aux_logits is None when the model has no aux head."""
@@ -385,9 +395,6 @@ class InceptionV3(nn.Module):
         if "logits" in wanted:
             out["logits"] = self.fc(self.dropout(pooled))
         return out
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, zero-initialised head (and aux head) for ``num_classes`` classes."""
@@ -435,7 +442,7 @@ class InceptionModule(nn.Module):
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
 
 
-class InceptionMini(nn.Module):
+class InceptionMini(_Classifier):
     """The compact network printed in the project's source document, kept exactly as printed.
 
     How it differs from InceptionV3: a five-conv stem like InceptionV3's, but with biased convs and no
@@ -482,15 +489,6 @@ class InceptionMini(nn.Module):
         x = self.inception1(x)         # N x 256 x 7 x 7
         return self.inception2(x)      # N x 288 x 7 x 7
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)   # N x 288
-        if pre_logits:
-            return x
-        return self.fc(self.dropout(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     @torch.jit.unused
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         return self.forward(x), None
@@ -505,9 +503,6 @@ class InceptionMini(nn.Module):
         pooled = self.forward_head(self.forward_features(x), pre_logits=True)
         out = {"pool": pooled, "logits": self.fc(self.dropout(pooled))}
         return {t: out[t] for t in taps}
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
