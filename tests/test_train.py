@@ -197,3 +197,118 @@ def test_config_round_trip_and_validation():
         TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
     with pytest.raises(ValueError, match="epochs=0"):
         TrainConfig(data="digits", epochs=0)
+
+
+def test_freeze_until_trains_only_later_blocks(tmp_path):
+    cfg = _mini_cfg(tmp_path, epochs=1, freeze_until="conv5")
+    torch.manual_seed(cfg.seed)
+    start = init_model(cfg, DIGITS, aux=False).state_dict()   # what train() builds first, from the same seed
+    train(cfg, progress=False)
+    end = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    for k in start:
+        frozen = k.split(".")[0] in ("conv1", "conv2", "conv3", "conv4", "conv5")
+        assert torch.equal(start[k], end[k]) == frozen, k
+
+
+def test_frozen_blocks_keep_bn_in_eval_mode():
+    model = build_model("inception_v3", num_classes=10, aux_logits=False, init_weights=False)
+    cfg = TrainConfig(data="digits", freeze_until="Mixed_5b")
+    assert train_mod.freeze(model, "Mixed_5b")[-2:] == ["Conv2d_4a_3x3", "Mixed_5b"]
+    train_mod.set_train_mode(model, cfg)
+    assert not model.Mixed_5b.training and not model.Conv2d_1a_3x3.bn.training
+    assert model.Mixed_5c.training and model.fc.training
+    assert not any(p.requires_grad for p in model.Mixed_5b.parameters())
+    assert all(p.requires_grad for p in model.Mixed_5c.parameters()) and model.fc.weight.requires_grad
+    with pytest.raises(ValueError, match="no such block; one of Conv2d_1a_3x3"):
+        train_mod.freeze(model, "Mixed_9z")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last(tmp_path, amp):
+    cfg = _mini_cfg(tmp_path, epochs=1, amp=amp, channels_last=True, limit=32)   # fp16 is slow on CPUs
+    result = train(cfg, progress=False)
+    assert np.isfinite(result["history"][0]["train_loss"])
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())   # fp32 master weights
+    assert load_model(result["best_path"]).meta.class_names == DIGITS
+    assert (ckpt["scaler"] is not None) == (amp == "fp16")   # fp16's gradient scaler is checkpointed
+
+
+def test_recipes_fill_defaults_and_flags_win():
+    paper = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=64))
+    assert (paper.optimizer, paper.schedule, paper.image_size) == ("rmsprop", "step", 299)
+    assert (paper.crop_scale, paper.ema_decay) == (0.08, 0.9999)
+    assert paper.lr == pytest.approx(0.045 * 64 / 1600) and paper.weight_decay == 4e-5
+    assert resolve_aux(paper) is True                                    # 299 px: the aux head trains
+    mine = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", lr=0.01, optimizer="sgd"))
+    assert (mine.lr, mine.optimizer, mine.schedule) == (0.01, "sgd", "step")
+    plain = TrainConfig(data="digits")
+    assert train_mod.resolve_recipe(plain) is plain
+    probe = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="linear-probe"))
+    assert probe.freeze_until == "all"
+
+
+def test_paper_optimizer_and_step_schedule():
+    model = build_model("inception_mini", num_classes=10)
+    cfg = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=1600, epochs=6))
+    optimizer, scheduler = train_mod.build_optimizer(model, cfg, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1.0
+    lrs = []
+    for _ in range(60):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.045 / 20) and lrs[19] == pytest.approx(0.045)   # 2-epoch warm-up
+    assert lrs[20] == pytest.approx(0.045 * 0.94) and lrs[40] == pytest.approx(0.045 * 0.94 ** 2)
+
+
+def test_finetune_gives_the_backbone_a_lower_lr():
+    model = build_model("inception_mini", num_classes=10)
+    cfg = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="finetune"))
+    optimizer, _ = train_mod.build_optimizer(model, cfg, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.SGD)
+    head = {id(p) for p in model.fc.parameters()}
+    for g in optimizer.param_groups:
+        is_head = all(id(p) in head for p in g["params"])
+        assert g["initial_lr"] == pytest.approx(0.01 if is_head else 0.001)
+
+
+def test_linear_probe_trains_only_the_head(tmp_path):
+    cfg = _mini_cfg(tmp_path, epochs=1, recipe="linear-probe")
+    torch.manual_seed(cfg.seed)
+    start = init_model(cfg, DIGITS, aux=False).state_dict()
+    result = train(cfg, progress=False)
+    end = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert [k for k in start if not torch.equal(start[k], end[k])] == ["fc.weight", "fc.bias"]
+    assert TrainConfig.from_dict(result["config"]).freeze_until == "all"   # the resolved config is saved
+    assert TrainConfig.load(cfg.out).optimizer == "adamw"
+
+
+def test_ema_is_evaluated_and_saved_as_best(tmp_path):
+    cfg = _mini_cfg(tmp_path, epochs=1, ema_decay=0.5)
+    result = train(cfg, progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["ema"]["updates"] == 4
+    best, _ = read_state_dict(result["best_path"])
+    for k, v in ckpt["ema"]["model"].items():
+        assert torch.equal(best[k], v), k
+    assert any(not torch.equal(ckpt["model"][k], v) for k, v in ckpt["ema"]["model"].items())
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    # No dropout (its masks are drawn per micro-batch); inception_mini has no BN.
+    whole = train(_mini_cfg(tmp_path / "a", epochs=1, dropout=0.0), progress=False)
+    parts = train(_mini_cfg(tmp_path / "b", epochs=1, dropout=0.0, accum_steps=4), progress=False)
+    a = load_checkpoint(tmp_path / "a" / "run" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+    assert parts["history"][0]["train_loss"] == pytest.approx(whole["history"][0]["train_loss"], abs=1e-5)
+    with pytest.raises(ValueError, match="divisible by --accum-steps 3"):
+        train(_mini_cfg(tmp_path / "c", accum_steps=3), progress=False)
+
+
+def test_balanced_sampling_runs(tmp_path):
+    result = train(_mini_cfg(tmp_path, epochs=1, balanced=True), progress=False)
+    assert result["history"][0]["train_loss"] > 0 and TrainConfig.load(tmp_path / "run").balanced

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .runtime import available_cores
 from .transforms import IMAGE_EXTENSIONS, ImageError, list_images, load_image
@@ -376,11 +376,13 @@ def labeled_loader(
     workers: int | None,
     seed: int = 0,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """DataLoader yielding (images, labels, skipped); shuffling and worker seeds follow `seed`.
 
     With workers=0 the random augmentations draw from torch's global generator in this process: seed
     it (torch.manual_seed) for a reproducible run. Workers persist across epochs to avoid re-forking.
+    A `sampler` (e.g. training's sharded, resumable one) replaces `shuffle`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -390,7 +392,8 @@ def labeled_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate_labeled,
         pin_memory=torch.cuda.is_available(),

@@ -1,0 +1,174 @@
+"""Crash safety: SIGKILL mid-epoch + resume gives the uninterrupted run's weights; SIGTERM checkpoints and
+stops cleanly; damaged checkpoints are detected and skipped; NaN steps can be skipped and counted."""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from inceptionv3.train import (
+    CheckpointError,
+    TrainConfig,
+    TrainingInterrupted,
+    checkpoint_candidates,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+train_mod = importlib.import_module("inceptionv3.train")
+HELPER = Path(__file__).with_name("killable_train.py")
+
+torch.set_num_threads(1)
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    # inception_mini (dropout on: its RNG must be restored too) at 32 px, 64 digits, 2 epochs x 4 steps,
+    # with an EMA of the weights (restored too).
+    base = {"data": "digits", "out": str(out), "arch": "inception_mini", "image_size": 32, "epochs": 2,
+            "batch_size": 16, "limit": 64, "workers": 0, "threads": 1, "deterministic": True,
+            "save_every": 1, "keep_last": 3, "ema_decay": 0.9}
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(Path(run) / "last.pt")
+    return {**ckpt["model"], **{f"ema.{k}": v for k, v in ckpt["ema"]["model"].items()}}
+
+
+def _same_history(a: list[dict], b: list[dict]) -> None:
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return out, train(_cfg(out), progress=False)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, reference, caplog):
+    ref_out, ref = reference
+    cfg = _cfg(tmp_path / "run")
+    marker = tmp_path / "hanging"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
+    # Loss computation 7 = epoch 2, step 3: checkpoints of steps 1-4 (epoch 1) and 5-6 exist by then.
+    cmd = [sys.executable, str(HELPER), json.dumps(cfg.to_dict()), "7", "hang", str(marker)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "the training subprocess never reached step 7"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    run = Path(cfg.out)
+    assert [p.name for p in checkpoint_candidates(run)] == [
+        "last.pt", "step-00000006.pt", "step-00000005.pt", "step-00000004.pt"]
+    assert load_checkpoint(run / "last.pt")["epoch_state"][0]["step"] == 2   # mid-epoch 2
+    # Damage the newest checkpoint as a failing disk would (last.pt and step-6 are one file, hard-linked):
+    # resuming must say so and fall back to step 5 (epoch 2, step 1).
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+
+    with caplog.at_level(logging.INFO, logger="inceptionv3"):
+        result = train(_cfg(run, resume=str(run), save_every=0), progress=False)
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "last.pt: unreadable checkpoint" in messages and "step-00000005.pt instead" in messages
+    assert "epoch 2, step 1 of 4" in messages
+    got, want = _weights(run), _weights(ref_out)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    _same_history(result["history"], ref["history"])
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    _same_history(lines, ref["history"])
+
+
+@pytest.mark.parametrize("at", [3, 4])   # mid-epoch 1; its last step (the checkpoint precedes evaluation)
+def test_sigterm_finishes_step_checkpoints_and_resumes(tmp_path, reference, monkeypatch, at):
+    ref_out, ref = reference
+    cfg = _cfg(tmp_path / "run", save_every=0)
+    real, calls = train_mod.compute_loss, {"n": 0}
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGTERM)   # arrives mid-step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "compute_loss", loss_then_sigterm)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match=rf"SIGTERM: stopped after epoch 1 step {at} of 4.*--resume"):
+        train(cfg, progress=False)
+    assert signal.getsignal(signal.SIGTERM) == handler     # the run's handlers are removed again
+    ckpt = load_checkpoint(Path(cfg.out) / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["epoch_state"][0]["step"] == at
+
+    monkeypatch.setattr(train_mod, "compute_loss", real)
+    result = train(_cfg(cfg.out, resume=cfg.out, save_every=0), progress=False)
+    got, want = _weights(cfg.out), _weights(ref_out)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    _same_history(result["history"], ref["history"])
+
+
+def test_flipped_bytes_are_detected(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", {"format": train_mod.CHECKPOINT_FORMAT,
+                                                 "model": {"w": torch.arange(4096, dtype=torch.float32)}})
+    assert load_checkpoint(path)["model"]["w"][5] == 5
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[400:416])
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="digest"):
+        load_checkpoint(path)
+
+
+def test_resume_refuses_other_settings_and_missing_runs(tmp_path, reference):
+    ref_out, _ = reference
+    with pytest.raises(ValueError, match=r"--lr 0.002 \(now 0.01\)"):
+        train(_cfg(ref_out, resume=str(ref_out), lr=0.01), progress=False)
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        train(_cfg(tmp_path, resume=str(tmp_path)), progress=False)
+
+
+def test_keeps_last_k_checkpoints(reference):
+    ref_out, _ = reference
+    names = sorted(p.name for p in (ref_out / "checkpoints").iterdir())
+    assert names == ["step-00000006.pt", "step-00000007.pt", "step-00000008.pt"]
+    assert load_checkpoint(ref_out / "checkpoints" / "step-00000008.pt")["epoch"] == 2
+
+
+def test_skip_nonfinite_counts_skipped_steps(tmp_path, monkeypatch):
+    real, calls = train_mod.compute_loss, {"n": 0}
+
+    def nan_at_2(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(train_mod, "compute_loss", nan_at_2)
+    result = train(_cfg(tmp_path / "run", skip_nonfinite=True, save_every=0, epochs=1), progress=False)
+    assert result["history"][0]["nonfinite_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values())
+
+
+def test_save_minutes_checkpoints_inside_epochs(tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(run, save_every=0, save_minutes=1e-9, keep_last=20, epochs=1), progress=False)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [f"step-{s:08d}.pt" for s in (1, 2, 3, 4)]   # steps 1-3 by time, 4 the epoch end
