@@ -140,13 +140,20 @@ def cmd_weights(args) -> int:
     if args.action == "download":
         if not args.name:
             raise CommandError("weights download needs a NAME; see 'inceptionv3 weights list'")
-        print(fetch(get_entry(args.name), progress=True))
+        print(fetch(get_entry(args.name), progress=True, trust_on_first_use=args.trust_on_first_use))
         return EXIT_OK
-    print(f"{'name':<12}{'arch':<15}{'classes':>8}{'input':>7}{'acc@1':>8}{'acc@5':>8}  source")
+    width = max(len(n) for n in REGISTRY) + 2
+
+    def acc(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    print(f"{'name':<{width}}{'arch':<15}{'classes':>8}{'input':>7}{'acc@1':>8}{'acc@5':>8}  "
+          f"{'sha256':<15}source")
     for e in REGISTRY.values():
         m = e.metrics
-        print(f"{e.name:<12}{e.arch:<15}{e.num_classes:>8}{e.preprocess.input_size:>7}"
-              f"{m.get('acc@1', float('nan')):>8.3f}{m.get('acc@5', float('nan')):>8.3f}  {e.source}")
+        sha = "none published" if not e.sha256 else e.sha256[:8]
+        print(f"{e.name:<{width}}{e.arch:<15}{e.num_classes:>8}{e.preprocess.input_size:>7}"
+              f"{acc(m.get('acc@1')):>8}{acc(m.get('acc@5')):>8}  {sha:<15}{e.source}")
     return EXIT_OK
 
 
@@ -232,6 +239,27 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
+# Export and convert (issue 4) ----------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from .export import export_model
+    from .weights import load_model
+    model = load_model(args.weights, aux_logits=False)   # forward never uses the aux head
+    r = export_model(model, args.out, args.format, input_size=args.input_size, check=args.check)
+    shape = "x".join(map(str, r.input_shape[1:]))
+    checked = f"; checked: max abs diff {r.max_abs_diff:.2g}" if r.max_abs_diff is not None else ""
+    print(f"wrote {r.format} model to {r.path} (input N x {shape}, N dynamic{checked})")
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+    r = convert(args.src, args.source, args.out, num_classes=args.num_classes)
+    print(f"converted {args.source} weights {args.src} ({r['tensors']} tensors checked) to {r['path']}")
+    return EXIT_OK
+# -------------------------------------------------------------------------------------------------------
+
+
 # Parser ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "($INCEPTIONV3_HOME, default ~/.cache/inceptionv3).")
     p.add_argument("action", nargs="?", choices=("list", "download"), default="list")
     p.add_argument("name", nargs="?", help="entry to download")
+    p.add_argument("--trust-on-first-use", action="store_true",
+                   help="for an entry published without a sha256: accept the download and pin its hash")
     p.set_defaults(func=cmd_weights)
 
     from .train import TrainConfig
@@ -342,6 +372,33 @@ def build_parser() -> argparse.ArgumentParser:
                       "Write mean and covariance (pytorch-fid's mu/sigma) plus metadata to a .npz file.")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="output statistics file")
     p.set_defaults(func=cmd_stats)
+    # --------------------------------------------------------------------------------------------------
+    # Export and convert (issue 4) --------------------------------------------------------------------
+    from .convert import SOURCES
+    from .export import FORMATS
+    p = sub.add_parser("export", help="export to ONNX, TorchScript or torch.export (.pt2)",
+                       description="Export a model for another runtime; the batch axis is dynamic and the "
+                                   "preprocessing and class names travel in the file's metadata.")
+    p.add_argument("--weights", required=True, help="registry name or weights file")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx (onnxruntime, OpenVINO, TensorRT), torchscript (.pt) or pt2 (torch.export)")
+    p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square input side the file accepts (default: the weights' input size)")
+    p.add_argument("--check", action="store_true",
+                   help="rerun the file (onnxruntime for ONNX) and compare with PyTorch "
+                        "(max abs diff <= 1e-4)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="convert Keras / torchvision / timm / pytorch-fid weights",
+                       description="Convert a weights file from another framework into a self-describing "
+                                   ".safetensors file, checking every tensor's shape.")
+    p.add_argument("src", help="source weights file")
+    p.add_argument("--from", dest="source", required=True, choices=SOURCES, help="where the file comes from")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="Keras no-top file: add a fresh zero classifier with this many classes")
+    p.set_defaults(func=cmd_convert)
     # --------------------------------------------------------------------------------------------------
     return parser
 

@@ -63,7 +63,8 @@ class WeightsEntry:
     """One set of published weights and everything needed to use them correctly."""
     name: str
     url: str
-    sha256: str                        # full hex digest, or the prefix a publisher put in the file name
+    sha256: str                        # full hex digest, the prefix a publisher put in the file name, or
+                                       # "" when none is published (then fetch needs trust_on_first_use)
     arch: str
     num_classes: int
     categories_file: Optional[str]     # package resource, one class name per line in index order
@@ -74,7 +75,8 @@ class WeightsEntry:
     metrics: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        _check_sha(self.sha256, f"weights entry {self.name!r}")
+        if self.sha256:
+            _check_sha(self.sha256, f"weights entry {self.name!r}")
         url = urllib.parse.urlparse(self.url)
         # Plain http only for a mirror on this machine (tests serve files from 127.0.0.1).
         local = url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost")
@@ -106,6 +108,9 @@ def _read_categories(resource: str) -> tuple[str, ...]:
 def _check_sha(sha: str, what: str) -> None:
     if not (8 <= len(sha) <= 64 and all(c in "0123456789abcdef" for c in sha)):
         raise ValueError(f"{what}: sha256 must be 8 to 64 lowercase hex characters, got {sha!r}")
+
+
+_HALF = (0.5, 0.5, 0.5)   # mean = std = 0.5: inputs in [-1, 1], the TF convention
 
 
 # One row per published set of weights; timm / FID variants are further rows with their own
@@ -146,6 +151,30 @@ _ENTRIES = (
         source="pytorch-fid (TF inception-2015-12-05, the FID network)",
         license="Apache-2.0 (pytorch-fid; weights ported from TensorFlow)",
     ),
+    # timm's four InceptionV3 weight sets, as timm evaluates them: 299 px, crop 0.875 (timm resizes to
+    # floor(299 / 0.875) = 341), bicubic, 1000 classes, torchvision's pooling (timm's InceptionV3 has no
+    # TF-style pooling option, even for the TF ports). timm publishes no sha256 for these files (only
+    # Hugging Face's LFS pointer records one): "" = none published, so the first download needs
+    # --trust-on-first-use. Pin the LFS sha256 here once it has been checked.
+    *(WeightsEntry(
+        name=f"inception_v3.{tag}",
+        url=f"https://huggingface.co/timm/inception_v3.{tag}/resolve/main/model.safetensors",
+        sha256="",
+        arch="inception_v3",
+        num_classes=1000,
+        categories_file="imagenet_classes.txt",
+        preprocess=Preprocess(input_size=299, resize_size=341, interpolation="bicubic", mean=mean, std=std),
+        # Only the torchvision port keeps the aux head in its file.
+        model_config={"aux_logits": tag == "tv_in1k", "count_include_pad": True, "last_pool": "avg"},
+        source=f"timm inception_v3.{tag}: {origin}",
+        license="Apache-2.0 (timm model card)",
+        metrics={"acc@1": top1},   # as reported by timm; top-5 not looked up here
+    ) for tag, origin, mean, std, top1 in (
+        ("tv_in1k", "torchvision's inception_v3_google-1a9a5a14.pth", _HALF, _HALF, 77.472),
+        ("tf_in1k", "TF-slim inception_v3_2016_08_28", _HALF, _HALF, 77.866),
+        ("tf_adv_in1k", "TF adv_inception_v3_2017_08_18 (adversarially trained)", _HALF, _HALF, 77.598),
+        ("gluon_in1k", "Gluon CV model zoo", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 78.806),
+    )),
 )
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
 
@@ -193,16 +222,18 @@ def _unreachable(url: str, dest: Path, reason: str) -> WeightsError:
     )
 
 
-def download(url: str, sha256: str, dest: PathLike, progress: bool = True,
+def download(url: str, sha256: Optional[str], dest: PathLike, progress: bool = True,
              timeout: float = TIMEOUT_S) -> Path:
     """Download ``url`` to ``dest``, verifying its sha256 (full digest or published prefix).
 
+    ``sha256=None`` skips the check; only trust-on-first-use does that, with the user's consent.
     The bytes stream into a temp file next to ``dest`` and are hashed on the way; only a complete, verified
     file is moved into place (os.replace), so ``dest`` is never half-written. Raises WeightsError.
     """
     from tqdm.auto import tqdm
 
-    _check_sha(sha256, f"download of {url}")
+    if sha256 is not None:
+        _check_sha(sha256, f"download of {url}")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -241,7 +272,7 @@ def download(url: str, sha256: str, dest: PathLike, progress: bool = True,
             out.flush()
             os.fsync(out.fileno())
         digest = h.hexdigest()
-        if not _sha_matches(sha256, digest):
+        if sha256 is not None and not _sha_matches(sha256, digest):
             raise WeightsError(f"sha256 mismatch for {url}: expected {sha256}, got {digest}; "
                                f"the downloaded file was removed")
         os.replace(tmp, dest)
@@ -251,22 +282,77 @@ def download(url: str, sha256: str, dest: PathLike, progress: bool = True,
     return dest
 
 
-def _fetch(entry: WeightsEntry, progress: bool) -> tuple[Path, str]:
+# File names that many publishers share (every Hugging Face repo has a model.safetensors): such files are
+# cached under their entry's name so that entries do not overwrite each other.
+_GENERIC_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _cache_path(entry: WeightsEntry) -> Path:
+    if entry.file_name in _GENERIC_FILE_NAMES:
+        return _weights_dir() / entry.name / entry.file_name
+    return _weights_dir() / entry.file_name
+
+
+# Trust on first use: for files published without a hash, the hash of the first download (made with the
+# user's consent) is pinned here, keyed by URL, and every later use is verified against it.
+def _pins_file() -> Path:
+    return _weights_dir() / "pinned-sha256.json"
+
+
+def _pinned(entry: WeightsEntry) -> str:
+    path = _pins_file()
+    if not path.is_file():
+        return ""
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get(entry.url, ""))
+    except (json.JSONDecodeError, AttributeError):
+        raise WeightsError(f"{path}: unreadable pinned hashes; delete it and download again with "
+                           f"--trust-on-first-use") from None
+
+
+def _pin(entry: WeightsEntry, digest: str) -> None:
+    from .fileio import write_text_atomic
+
+    path = _pins_file()
+    pins = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    pins[entry.url] = digest
+    write_text_atomic(path, json.dumps(pins, indent=1, sort_keys=True) + "\n")
+
+
+def _fetch(entry: WeightsEntry, progress: bool, trust_on_first_use: bool = False) -> tuple[Path, str]:
     """(verified local path, full sha256) of an entry's file, downloading it if needed."""
-    dest = _weights_dir() / entry.file_name
-    if dest.is_file():
+    dest = _cache_path(entry)
+    expected = entry.sha256 or _pinned(entry)
+    if expected and dest.is_file():
         digest = sha256_file(dest)
-        if _sha_matches(entry.sha256, digest):
+        if _sha_matches(expected, digest):
             return dest, digest
         log.warning("cached %s fails its sha256 (expected %s, got %s); downloading it again",
-                    dest, entry.sha256, digest)
-    download(entry.url, entry.sha256, dest, progress=progress)
+                    dest, expected, digest)
+    if not expected:
+        if not trust_on_first_use:
+            raise WeightsError(
+                f"weights {entry.name!r}: {entry.url} is published without a sha256, so a download cannot be "
+                f"verified. To accept the file as first downloaded and pin its hash for every later use, run "
+                f"'inceptionv3 weights download {entry.name} --trust-on-first-use' (API: "
+                f"fetch(entry, trust_on_first_use=True)).")
+        download(entry.url, None, dest, progress=progress)
+        digest = sha256_file(dest)
+        _pin(entry, digest)
+        log.warning("%s has no published sha256; pinned the downloaded file's, %s, in %s (trust on first "
+                    "use)", entry.url, digest, _pins_file())
+        return dest, digest
+    download(entry.url, expected, dest, progress=progress)
     return dest, sha256_file(dest)
 
 
-def fetch(entry: WeightsEntry, progress: bool = True) -> Path:
-    """Local path of an entry's file: the cached copy if it passes the hash, else a fresh download."""
-    return _fetch(entry, progress)[0]
+def fetch(entry: WeightsEntry, progress: bool = True, trust_on_first_use: bool = False) -> Path:
+    """Local path of an entry's file: the cached copy if it passes the hash, else a fresh download.
+
+    An entry without a published hash needs ``trust_on_first_use=True`` the first time: the downloaded file's
+    sha256 is then pinned and checked on every later use.
+    """
+    return _fetch(entry, progress, trust_on_first_use)[0]
 
 
 # ---------------------------------------------------------------------------------------------- reading
