@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import sys
 import typing
 from typing import Sequence
@@ -161,7 +162,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
     cfg = _config_from(TrainConfig, args)
     result = train(cfg, progress=_progress(args))
-    print(f"best held-out top-1 {result['best_acc1']:.2f}%  ->  {result['best_path']}")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, one summary line, from rank 0
+        print(f"best held-out top-1 {result['best_acc1']:.2f}%  ->  {result['best_path']}")
     return EXIT_OK
 
 
