@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import default_workers, image_batches
+from .data import Batch, default_workers, image_batches
 from .runtime import resolve_device, set_compute_threads
 from .transforms import eval_transform
 
@@ -59,6 +59,30 @@ def image_mode(model: nn.Module) -> str:
     return "L" if getattr(model, "in_chans", 3) == 1 else "RGB"
 
 
+def decoded_batches(
+    paths: Sequence[Path],
+    transform: Callable,
+    mode: str = "RGB",
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    desc: str = "images",
+) -> Iterator[Batch]:
+    """Decoded batches in input order with a progress bar, after budgeting threads against workers.
+
+    The one place that sets up decoding for every command that reads folders (predict, features, metrics).
+    """
+    workers = default_workers() if workers is None else workers
+    set_compute_threads(workers)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for batch in image_batches(paths, transform, mode=mode, batch_size=batch_size, workers=workers):
+            yield batch
+            bar.update(len(batch.indices) + len(batch.failures))
+    finally:
+        bar.close()
+
+
 def run(
     model: nn.Module,
     paths: Sequence[Path],
@@ -70,8 +94,6 @@ def run(
     desc: str = "images",
 ) -> Iterator[Step]:
     """Apply ``fn(model, images)`` to every decodable image, in input order; outputs come back on the CPU."""
-    workers = default_workers() if workers is None else workers
-    set_compute_threads(workers)
     dev = resolve_device(device)
     meta = getattr(model, "meta", None)
     if meta is None:
@@ -79,17 +101,10 @@ def run(
                          "inceptionv3.load_model, or set model.meta from inceptionv3.load_weights")
     transform = eval_transform(meta.preprocess, in_chans=getattr(model, "in_chans", 3))
     fast = inference_copy(model, dev)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
-    try:
-        with torch.inference_mode():
-            for batch in image_batches(paths, transform, mode=image_mode(model),
-                                       batch_size=batch_size, workers=workers):
-                if len(batch.indices):
-                    images = batch.images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    out = fn(fast, images).float().cpu()
-                else:
-                    out = torch.empty(0)
-                bar.update(len(batch.indices) + len(batch.failures))
-                yield Step(list(batch.indices), out, list(batch.failures))
-    finally:
-        bar.close()
+    with torch.inference_mode():
+        for batch in decoded_batches(paths, transform, image_mode(model), batch_size, workers, progress, desc):
+            out = torch.empty(0)
+            if batch.indices:
+                images = batch.images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                out = fn(fast, images).float().cpu()
+            yield Step(list(batch.indices), out, list(batch.failures))

@@ -40,7 +40,7 @@ from .fid import MetricWarning
 from .fileio import atomic_path
 from .inference import fold_batch_norm
 from .model import TAPS
-from .runtime import resolve_device, set_compute_threads
+from .runtime import resolve_device
 
 __all__ = [
     "DIMS", "FID_NET_CONFIG", "MODES", "FeatureNet", "ImageTransform", "Stats", "StatsAccumulator",
@@ -426,8 +426,6 @@ def _is_path_source(source: Any) -> bool:
 def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, batch_size: int,
          workers: int | None, progress: bool, distributed: bool = False) -> _Run:
     """Push every image of ``source`` through ``net``: accumulate stats, keep features/logits if asked."""
-    from tqdm.auto import tqdm
-
     run = _Run(None if keep_features else StatsAccumulator(net.dims, net.device), [], [], [])
 
     def consume(feats: torch.Tensor, lg: torch.Tensor | None) -> None:
@@ -440,25 +438,18 @@ def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, bat
             run.logits.append(lg.cpu())
 
     if _is_path_source(source):
-        from .data import default_workers, image_batches
+        from .inference import decoded_batches
 
         paths = _image_paths(source)
         if distributed:
             import torch.distributed as dist
             if dist.is_available() and dist.is_initialized():
                 paths = paths[dist.get_rank()::dist.get_world_size()]
-        workers = default_workers() if workers is None else workers
-        set_compute_threads(workers)
-        bar = tqdm(total=len(paths), desc=f"{net.mode} features", unit="img", disable=not progress,
-                   leave=False)
-        try:
-            for batch in image_batches(paths, ImageTransform(net.mode), "RGB", batch_size, workers):
-                run.failures += [(str(paths[i]), why) for i, why in batch.failures]
-                if batch.indices:
-                    consume(*net.forward_prepared(batch.images, logits))
-                bar.update(len(batch.indices) + len(batch.failures))
-        finally:
-            bar.close()
+        for batch in decoded_batches(paths, ImageTransform(net.mode), "RGB", batch_size, workers, progress,
+                                     desc=f"{net.mode} features"):
+            run.failures += [(str(paths[i]), why) for i, why in batch.failures]
+            if batch.indices:
+                consume(*net.forward_prepared(batch.images, logits))
         for path, why in run.failures:
             log.warning("skipped %s: %s", path, why)
     elif isinstance(source, torch.Tensor):
