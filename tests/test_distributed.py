@@ -109,31 +109,53 @@ def test_shard_range_blocks_cover_the_input_in_order():
         assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
 
 
-def test_two_process_features_equal_one_process(tmp_path):
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "inceptionv3", *args]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return proc
+
+
+def test_two_process_commands_equal_one_process(tmp_path):
+    """`torchrun -m inceptionv3 features` and `evaluate`: each rank takes a shard; the merged output is in
+    input order and equal to one process's."""
     from PIL import Image
 
+    from inceptionv3.evaluate import evaluate
     from inceptionv3.features import extract_features
     from inceptionv3.model import build_model
+    from inceptionv3.transforms import Preprocess
     from inceptionv3.weights import save_model
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(7):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    (folder / "3.png").write_bytes(b"not an image")   # a failure, listed in input order too
+    for c in "ab":
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / c / f"{i}.png")
+    (folder / "a" / "3.png").write_bytes(b"not an image")   # a failure, listed in input order too
     torch.manual_seed(0)
-    weights = save_model(build_model("inception_mini", num_classes=10), tmp_path / "mini.safetensors")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("sharded_features.py")), str(folder), str(weights),
-           str(tmp_path / "out.npz")]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = save_model(build_model("inception_mini", num_classes=2), tmp_path / "mini.safetensors",
+                         class_names=["a", "b"], preprocess=Preprocess(input_size=32, resize_size=36))
+    feats = _torchrun(["features", str(folder), "--weights", str(weights), "--out", "out.npz",
+                       "--batch-size", "2", "--workers", "0", "--device", "cpu"], tmp_path)
+    assert feats.returncode == 1 and feats.stdout.count("wrote 7 x") == 1   # rank 0 writes, once
     merged = np.load(tmp_path / "out.npz")
     single = extract_features([folder], weights=weights, batch_size=4, workers=0, device="cpu")
-    assert merged["paths"].tolist() == single.paths and merged["failures"].tolist() == [str(folder / "3.png")]
+    assert merged["paths"].tolist() == single.paths and len(single.paths) == 7
+    assert merged["failed_paths"].tolist() == [str(folder / "a" / "3.png")]
     np.testing.assert_allclose(merged["features"], single.features, rtol=0, atol=1e-6)
+
+    ev = _torchrun(["evaluate", str(folder), "--weights", str(weights), "--split", "train", "--format", "json",
+                    "--workers", "0", "--device", "cpu", "--crops", "10"], tmp_path)
+    two = json.loads(ev.stdout)
+    one = evaluate(str(folder), str(weights), split="train", workers=0, device="cpu", crops=10)
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["n"] == one["n"] > 0 and two["skipped"] == one["skipped"]
+    assert two["confusion"] == one["confusion"].tolist() and two["top1"] == pytest.approx(one["top1"])
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
 
 
 def test_class_balanced_order():

@@ -165,3 +165,52 @@ def test_evaluate_refuses_other_class_names(tmp_path):
     path = _saved_mini(tmp_path, list("abcdefghij"))
     with pytest.raises(ValueError, match="class names of the model"):
         evaluate("digits", str(path), workers=0, device="cpu")
+
+
+def test_multi_crop_averages_probabilities_not_votes():
+    # Image 0 has 3 crops: two mildly prefer class 1, one strongly prefers class 0. Mean probability picks 0
+    # (a majority vote over crops would pick 1); image 1's crops all prefer class 1.
+    table = torch.tensor([[0.0, 0.2], [8.0, 0.0], [0.0, 3.0]])
+    crops = torch.tensor([[0, 0, 1], [2, 2, 2]], dtype=torch.float32)           # table row of each crop
+    images = crops[:, :, None, None, None].expand(-1, -1, 3, 2, 2).clone()      # N x K x C x H x W
+    labels = torch.tensor([0, 1])
+    r = evaluate_model(TableModel(table), [(images, labels)], num_classes=2, chunk=2)
+    probs = table.softmax(1)[crops.long()].mean(1)
+    assert probs.argmax(1).tolist() == [0, 1] and r["top1"] == 100.0
+    assert r["loss"] == pytest.approx(F.nll_loss(probs.log(), labels).item(), rel=1e-6)
+
+
+def test_multi_crop_views():
+    from PIL import Image
+
+    from inceptionv3.transforms import eval_transform, multi_crop_transform
+
+    rng = np.random.default_rng(0)
+    pre = Preprocess(input_size=32, resize_size=37)
+    for hw in [(40, 56), (56, 40), (37, 37)]:
+        img = Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+        center = eval_transform(pre)(img)
+        views = {k: multi_crop_transform(pre, k)(img) for k in (10, 12, 144)}
+        assert [v.shape[0] for v in views.values()] == [10, 12, 144]
+        assert all(v.shape[1:] == center.shape for v in views.values())
+        for k, v in views.items():
+            half = k // 2
+            assert torch.equal(v[half:], v[:half].flip(-1))          # the second half mirrors the first
+        assert torch.equal(views[10][4], center)                     # ten-crop's center is the 1-crop view
+        if hw[0] == hw[1]:
+            assert torch.equal(views[12][4], center)
+        assert torch.equal(views[144][6:12], views[12][:6])           # 12 crops: base scale, middle square
+        assert len({tuple(x.flatten()[:50].tolist()) for x in views[144][:72]}) > 12   # 4 scales x 3 squares
+    with pytest.raises(ValueError, match="crops must be one of"):
+        multi_crop_transform(pre, 7)
+
+
+def test_evaluate_with_crops_on_digits(tmp_path):
+    path = _saved_mini(tmp_path, [str(d) for d in range(10)])
+    one = evaluate("digits", str(path), batch_size=150, workers=0, device="cpu")
+    twelve = evaluate("digits", str(path), batch_size=240, workers=0, device="cpu", crops=12)
+    assert one["n"] == twelve["n"] == 450 and twelve["crops"] == 12
+    assert twelve["confusion"].sum() == 450
+    assert twelve["loss"] != pytest.approx(one["loss"], rel=1e-6)   # other views, other numbers
+    with pytest.raises(ValueError, match="--crops 3"):
+        evaluate("digits", str(path), workers=0, device="cpu", crops=3)

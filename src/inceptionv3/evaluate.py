@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist_mod
+from .distributed import SINGLE_PROCESS, DistEnv
 from .fileio import atomic_path
-from .runtime import resolve_device
+from .runtime import resolve_device, set_compute_threads
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +34,18 @@ def evaluate_model(
     loader: Iterable,
     num_classes: int,
     device: str | torch.device = "cpu",
+    env: DistEnv = SINGLE_PROCESS,
+    chunk: int = 64,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent), mean cross-entropy and the confusion matrix over `loader`.
 
     The loader yields `(images, labels)` or `(images, labels, skipped)` (as `data.collate_labeled` does).
+    Images N x C x H x W are one view each; N x K x C x H x W are K crops of each image, whose softmax
+    probabilities are averaged (the crops go through the model `chunk` at a time).
     Top-k is capped at `num_classes`, so top-5 of a 3-class problem is top-3 (always 100%).
     Precision of a class never predicted, and recall of a class absent from the data, are 0.
+    Under torchrun each rank passes its shard of the data; the counts are summed over ranks, so every
+    rank returns the numbers of the whole data set.
     """
     device = torch.device(device)
     model.eval()
@@ -51,9 +59,14 @@ def evaluate_model(
             skipped += int(batch[2])
         if labels.numel() == 0:
             continue
-        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images).float()  # N x num_classes
+        if images.dim() == 5:   # N x K crops: log of the mean probability over crops
+            views = images.flatten(0, 1)
+            probs = torch.cat([model(v.to(device, non_blocking=True)).float().softmax(1)
+                               for v in views.split(chunk)])
+            logits = probs.view(images.shape[0], images.shape[1], -1).mean(1).clamp_min(1e-12).log()
+        else:
+            logits = model(images.to(device, non_blocking=True)).float()  # N x num_classes
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(k5, dim=1).indices  # N x k5, best first
         hits = top.eq(labels[:, None])
@@ -62,7 +75,13 @@ def evaluate_model(
         n += labels.numel()
         pairs = (labels * num_classes + top[:, 0]).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
-    conf = confusion.numpy()
+    if env.distributed:
+        correct1, correct5, n, skipped, loss_sum = dist_mod.all_reduce(
+            [correct1, correct5, n, skipped, loss_sum], env, device)
+        correct1, correct5, n, skipped = int(correct1), int(correct5), int(n), int(skipped)
+        confusion = confusion.to(device)
+        torch.distributed.all_reduce(confusion)
+    conf = confusion.cpu().numpy()
     tp = np.diag(conf).astype(np.float64)
     predicted = conf.sum(axis=0)  # column sums: how often each class was predicted
     support = conf.sum(axis=1)  # row sums: how often each class is the truth
@@ -91,6 +110,8 @@ def evaluate(
     device: str = "auto",
     val_fraction: float = 0.2,
     seed: int = 0,
+    crops: int = 1,
+    distributed: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate saved weights on a labeled data set ("digits" or an image folder).
 
@@ -98,16 +119,28 @@ def evaluate(
     class names must match the model's, so that label i means the same class to both. `val_fraction` and
     `seed` must be the ones used in training when a single folder is split (they are ignored for
     "digits", whose split is fixed, and for folders with train/ and val/ sub-folders).
+    `crops` > 1 averages over 10, 12 or 144 crops per image (`transforms.MULTI_CROPS`); `batch_size` then
+    counts crops. Under torchrun (`distributed` None means: when torchrun started this process) each rank
+    evaluates a contiguous shard and the counts are summed, so every rank returns the whole result.
     """
     from . import data as data_mod
-    from .transforms import eval_transform
+    from .inference import inference_copy
+    from .transforms import MULTI_CROPS, multi_crop_transform
     from .weights import load_model
 
+    if crops not in MULTI_CROPS:
+        raise ValueError(f"--crops {crops}: choose one of {', '.join(map(str, MULTI_CROPS))}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
     dev = resolve_device(device)
+    if distributed is None:
+        distributed = dist_mod.env_from_environ().distributed
+    env = dist_mod.setup(dev) if distributed else SINGLE_PROCESS
+    dev = dist_mod.local_device(dev, env)
     model = load_model(weights, device=str(dev))
     meta = model.meta
     in_chans = int(getattr(model, "in_chans", 3))
-    transform = eval_transform(meta.preprocess, in_chans=in_chans)
+    transform = multi_crop_transform(meta.preprocess, crops, in_chans=in_chans)
     mode = "L" if in_chans == 1 else "RGB"
     dataset = data_mod.load_labeled(data, split, transform, mode=mode, val_fraction=val_fraction, seed=seed)
     classes = list(dataset.classes)
@@ -123,17 +156,31 @@ def evaluate(
             f"{weights} has {meta.num_classes} classes but {data} has {len(classes)}; "
             "evaluate weights trained on this data"
         )
-    else:
+    elif env.is_main:
         logger.warning("%s carries no class names; assuming they are the data's: %s", weights,
                        _preview(classes))
     if workers is None:
         workers = data_mod.default_workers()
-    loader = data_mod.labeled_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
-    result = evaluate_model(model, loader, len(classes), dev)
-    if result["skipped"]:
+    set_compute_threads(workers)
+    shard = torch.utils.data.Subset(dataset, dist_mod.shard_range(len(dataset), env)) if env.distributed \
+        else dataset
+    loader = data_mod.labeled_loader(shard, batch_size=max(1, batch_size // crops), shuffle=False,
+                                     workers=workers)
+    result = evaluate_model(inference_copy(model, dev), _channels_last(loader), len(classes), dev, env,
+                            chunk=batch_size)
+    if result["skipped"] and env.is_main:
         logger.warning("skipped %d unreadable images", result["skipped"])
-    result.update(class_names=classes, data=data, split=split, weights=str(weights))
+    result.update(class_names=classes, data=data, split=split, weights=str(weights), crops=crops,
+                  processes=env.world_size)
     return result
+
+
+def _channels_last(loader: Iterable) -> Iterator:
+    # The inference copy runs channels-last; hand it images in that layout (4-d batches only).
+    for images, *rest in loader:
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield (images, *rest)
 
 
 def _preview(names: Sequence[str], k: int = 5) -> str:

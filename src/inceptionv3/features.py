@@ -11,9 +11,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import distributed as dist_mod
 from . import inference
+from .distributed import SINGLE_PROCESS
 from .fileio import atomic_path, write_text_atomic
 from .model import TAPS
+from .runtime import resolve_device
 from .transforms import expand_paths
 from .weights import load_model
 
@@ -43,23 +46,41 @@ def extract_features(
     device: str = "auto",
     progress: bool = False,
     arch: str | None = None,
+    distributed: bool | None = None,
 ) -> Features:
-    """Features of every usable image at ``layer`` (a name from ``model.TAPS``); failures are listed."""
+    """Features of every usable image at ``layer`` (a name from ``model.TAPS``); failures are listed.
+
+    Under torchrun (``distributed`` None means: when torchrun started this process) each rank takes a
+    contiguous shard of the inputs; rank 0 returns the merged result, in input order and equal to a
+    single-process run, and the other ranks return their own shard.
+    """
     if layer not in TAPS:
         raise ValueError(f"unknown --layer {layer!r}; choose one of: {', '.join(TAPS)}")
     paths = expand_paths(inputs)
+    if distributed is None:
+        distributed = dist_mod.env_from_environ().distributed
+    dev = resolve_device(device)
+    env = dist_mod.setup(dev) if distributed else SINGLE_PROCESS
+    dev = dist_mod.local_device(dev, env)
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
+    mine = [paths[i] for i in dist_mod.shard_range(len(paths), env)]
     rows: list[tuple[int, np.ndarray]] = []
     failures: list[tuple[int, str]] = []
     fn = lambda m, x: tap_vector(m, x, layer)  # noqa: E731
-    for step in inference.run(model, paths, fn, batch_size, workers, device, progress, desc="features"):
+    for step in inference.run(model, mine, fn, batch_size, workers, str(dev), progress and env.is_main,
+                              desc="features"):
         failures += step.failures
         rows += zip(step.indices, step.outputs.numpy())
     rows.sort(key=lambda r: r[0])
     dim = {"logits": model.num_classes, "pool": model.num_features}.get(layer, TAPS[layer].channels)
     feats = np.stack([r[1] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return Features(feats, [str(paths[i]) for i, _ in rows], layer,
-                    [(str(paths[i]), why) for i, why in sorted(failures)])
+    result = Features(feats, [str(mine[i]) for i, _ in rows], layer,
+                      [(str(mine[i]), why) for i, why in sorted(failures)])
+    parts = dist_mod.gather_to_main(result, env) if env.distributed else None
+    if parts is not None:   # rank 0: the shards in rank order are the inputs in order
+        result = Features(np.concatenate([p.features for p in parts]), [q for p in parts for q in p.paths],
+                          layer, [f for p in parts for f in p.failures])
+    return result
 
 
 def save_features(result: Features, out: str | os.PathLike) -> Path:

@@ -14,11 +14,17 @@ log = logging.getLogger(__name__)
 
 
 def available_cores() -> int:
-    """Cores this process may run on (respects CPU affinity and cgroup-pinned sets)."""
+    """Cores this process may use: its CPU affinity set, shared equally by the processes torchrun
+    started on this machine (LOCAL_WORLD_SIZE), so N ranks on one machine do not oversubscribe it."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_procs = 1
+    return max(1, cores // local_procs)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

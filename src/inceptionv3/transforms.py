@@ -33,6 +33,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
 )
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
+_PIL_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                 "nearest": Image.Resampling.NEAREST}
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -160,6 +162,63 @@ def eval_transform(pre: Preprocess, in_chans: int = 3) -> Callable[[Image.Image]
         v2.CenterCrop(pre.input_size),
         _ToTensor(mean, std),
     ])
+
+
+# Multi-crop evaluation. The paper reports 12-crop and 144-crop results without defining the crops; we use
+# GoogLeNet's 144-crop scheme, which it refers to: 4 scales (shorter side resize_size x 1, 9/8, 10/8, 11/8)
+# x 3 squares along the longer side (first, middle, last) x 6 views (4 corners, center, the whole square
+# resized) x 2 (mirrored). 12 crops: that scheme at the base scale on the middle square. 10 crops: the
+# common ten-crop (4 corners and center of the resized image, and their mirror images).
+MULTI_CROPS = (1, 10, 12, 144)
+_SCALES_144 = (1.0, 9 / 8, 10 / 8, 11 / 8)
+
+
+class _MultiCrop:
+    """PIL image -> K x C x S x S tensor of the K crops above (K in MULTI_CROPS, K > 1)."""
+
+    def __init__(self, pre: Preprocess, crops: int, to_tensor: _ToTensor) -> None:
+        if crops not in MULTI_CROPS[1:]:
+            raise ValueError(f"crops must be one of {', '.join(map(str, MULTI_CROPS))}, got {crops!r}")
+        self.pre, self.crops, self.to_tensor = pre, crops, to_tensor
+
+    def _views(self, img: Image.Image, size: int) -> list[Image.Image]:
+        w, h = img.size
+        center = (int(round((w - size) / 2.0)), int(round((h - size) / 2.0)))   # as eval_transform's crop
+        corners = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), center]
+        return [img.crop((x, y, x + size, y + size)) for x, y in corners]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        pre, S, interp = self.pre, self.pre.input_size, _PIL_RESAMPLE[self.pre.interpolation]
+        views: list[Image.Image] = []
+        if self.crops == 10:
+            views = self._views(_resize_shorter(img, pre.resize_size, interp), S)
+        else:
+            scales = _SCALES_144 if self.crops == 144 else _SCALES_144[:1]
+            for f in scales:
+                scaled = _resize_shorter(img, round(pre.resize_size * f), interp)
+                w, h = scaled.size
+                side = min(w, h)
+                squares = [0, (max(w, h) - side) // 2, max(w, h) - side]
+                for off in (squares if self.crops == 144 else squares[1:2]):
+                    box = (off, 0, off + side, side) if w >= h else (0, off, side, off + side)
+                    square = scaled.crop(box)
+                    views += self._views(square, S) + [square.resize((S, S), interp)]
+        views += [v.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for v in views]
+        return torch.stack([self.to_tensor(v) for v in views])
+
+
+def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
+    w, h = img.size   # the longer side truncated, as eval_transform's Resize does
+    if w <= h:
+        return img.resize((size, int(size * h / w)), resample)
+    return img.resize((int(size * w / h), size), resample)
+
+
+def multi_crop_transform(pre: Preprocess, crops: int, in_chans: int = 3) -> Callable[[Image.Image], torch.Tensor]:
+    """`eval_transform` for crops == 1; else a picklable transform giving crops x C x S x S (see MULTI_CROPS)."""
+    if crops == 1:
+        return eval_transform(pre, in_chans)
+    return _MultiCrop(pre, crops, _ToTensor(*_channel_stats(pre, in_chans)))
 
 
 def train_transform(
