@@ -253,3 +253,61 @@ def test_labeled_loader_seeded_shuffle_and_drop_last():
     assert order(0, workers=1) == first
     kept = labeled_loader(ds, batch_size=4, shuffle=False, workers=0, drop_last=True)
     assert [len(y) for _, y, _ in kept] == [4, 4]
+
+
+def _list_images(root, n_per_class=3):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir(parents=True)
+    rows = []
+    for label in ("2", "10", "7"):
+        for i in range(n_per_class):
+            name = f"imgs/{label}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / name)
+            rows.append((name, label))
+    return rows
+
+
+def test_csv_and_jsonl_lists(tmp_path):
+    import json
+
+    from inceptionv3.data import load_labeled
+    rows = _list_images(tmp_path)
+    (tmp_path / "all.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in rows))
+    to_t = lambda im: torch.zeros(1)  # noqa: E731
+    for name in ("all.csv", "all.jsonl"):
+        tr = load_labeled(str(tmp_path / name), "train", to_t, val_fraction=0.34, seed=0)
+        va = load_labeled(str(tmp_path / name), "val", to_t, val_fraction=0.34, seed=0)
+        assert tr.classes == ["2", "7", "10"]                      # integer labels sort as numbers
+        assert len(tr) + len(va) == 9 and len(va) == 3              # one of each class held out
+        assert {p for p, _ in tr.samples} | {p for p, _ in va.samples} == {str(tmp_path / p) for p, _ in rows}
+        assert sorted(y for _, y in va.samples) == [0, 1, 2]
+        label_of = {str(tmp_path / p): y for p, y in rows}
+        assert all(tr.classes[y] == label_of[p] for p, y in tr.samples)
+    # A folder with train.csv and val.csv uses them; val labels must be training labels.
+    (tmp_path / "train.csv").write_text("".join(f"{p},{y}\n" for p, y in rows[:6]))
+    (tmp_path / "val.csv").write_text("".join(f"{p},{y}\n" for p, y in rows[6:]))
+    with pytest.raises(ValueError, match="not among the training labels"):
+        load_labeled(str(tmp_path), "val", to_t)
+    (tmp_path / "val.csv").write_text("".join(f"{p},{y}\n" for p, y in rows[:2]))
+    assert load_labeled(str(tmp_path), "val", to_t).classes == ["2", "10"]
+
+
+def test_bad_lists_name_the_line(tmp_path):
+    from inceptionv3.data import load_labeled
+    to_t = lambda im: torch.zeros(1)  # noqa: E731
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a.png,1\nonly-a-path\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 2: expected 'path,label'"):
+        load_labeled(str(bad), "train", to_t)
+    bad.write_text("")
+    with pytest.raises(ValueError, match="image list is empty"):
+        load_labeled(str(bad), "train", to_t)
+    bad.write_text("nowhere/a.png,1\nnowhere/b.png,2\n")
+    with pytest.raises(ValueError, match="none of the 2 listed files exists"):
+        load_labeled(str(bad), "train", to_t)
+    j = tmp_path / "bad.jsonl"
+    j.write_text('{"path": "a.png"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: expected a JSON object"):
+        load_labeled(str(j), "train", to_t)

@@ -232,6 +232,82 @@ def image_folder(root: str | os.PathLike, transform: Transform, mode: str = "RGB
     return LabeledImages(samples, classes, transform, mode)
 
 
+LIST_SUFFIXES = (".csv", ".jsonl")
+
+
+def read_image_list(list_file: str | os.PathLike) -> tuple[list[tuple[str, str]], Path]:
+    """(path, label) rows of a CSV (`path,label`, header optional) or JSONL (`{"path": .., "label": ..}`)
+    file; relative paths are taken from the list file's folder."""
+    import csv
+    import json
+
+    list_file = Path(list_file)
+    base = list_file.parent
+    rows: list[tuple[str, str]] = []
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{list_file}: cannot read the image list ({e})") from None
+    if list_file.suffix.lower() == ".csv":
+        for n, row in enumerate(csv.reader(text.splitlines()), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue   # header
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"{list_file}, line {n}: expected 'path,label', got {','.join(row)!r}")
+            rows.append((row[0].strip(), row[1].strip()))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                rows.append((str(item["path"]), str(item["label"])))
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{list_file}, line {n}: expected a JSON object with \"path\" and "
+                                 f"\"label\", got {line[:80]!r}") from None
+    if not rows:
+        raise ValueError(f"{list_file}: the image list is empty (expected 'path,label' rows)")
+    return [(str(p if Path(p).is_absolute() else base / p), y) for p, y in rows], base
+
+
+def _sorted_labels(labels: Sequence[str]) -> list[str]:
+    # Integer labels sort as numbers (so label "10" comes after "9"), anything else as text, as folders do.
+    unique = set(labels)
+    if all(y.lstrip("-").isdigit() for y in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def image_list(list_file: str | os.PathLike, transform: Transform, mode: str = "RGB",
+               classes: Sequence[str] | None = None) -> LabeledImages:
+    """Labeled images from a CSV/JSONL list (see `read_image_list`); classes are the sorted labels, or
+    `classes` (a validation list must use the training list's labels)."""
+    rows, _ = read_image_list(list_file)
+    names = list(classes) if classes is not None else _sorted_labels([y for _, y in rows])
+    index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({y for _, y in rows if y not in index})
+    if unknown:
+        raise ValueError(f"{list_file}: labels {unknown[:5]} are not among the training labels "
+                         f"{names[:10]}; use the same label names in both lists")
+    missing = [p for p, _ in rows if not os.path.exists(p)]
+    if len(missing) == len(rows):
+        raise ValueError(f"{list_file}: none of the {len(rows)} listed files exists (e.g. {missing[0]}); "
+                         "relative paths are read from the list file's folder")
+    if missing:
+        log.warning("%s: %d of %d listed files do not exist (e.g. %s); they will be skipped",
+                    list_file, len(missing), len(rows), missing[0])
+    return LabeledImages([(p, index[y]) for p, y in rows], names, transform, mode)
+
+
+def _list_pair(root: Path) -> tuple[Path, Path] | None:
+    for suffix in LIST_SUFFIXES:
+        if (root / f"train{suffix}").is_file() and (root / f"val{suffix}").is_file():
+            return root / f"train{suffix}", root / f"val{suffix}"
+    return None
+
+
 # The digits set ships with scikit-learn (offline): 1,797 8x8 images of 0..9, values 0..16.
 # A fixed stratified split: 1,347 train / 450 val.
 DIGITS_VAL_FRACTION = 0.25
@@ -278,7 +354,9 @@ def load_labeled(
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> LabeledImages | InMemoryImages:
-    """A labeled split from "digits" or a folder.
+    """A labeled split from "digits", a folder, or a CSV/JSONL list of path,label.
+
+    A list file is split like a single folder; a folder holding train.csv and val.csv (or .jsonl) uses them.
 
     A folder with train/ and val/ sub-folders uses them (class names must match). A folder with only
     train/ is split like a single folder. Otherwise the folder is one image folder, split per class with
@@ -289,8 +367,20 @@ def load_labeled(
     if str(spec) == "digits":
         return digits(split, transform, mode)
     root = Path(spec)
+    if root.is_file() and root.suffix.lower() in LIST_SUFFIXES:
+        full = image_list(root, transform, mode)
+        train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
+        keep = train_idx if split == "train" else val_idx
+        return LabeledImages([full.samples[i] for i in keep], full.classes, transform, mode)
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder (expected 'digits' or a folder of class sub-folders)")
+        raise ValueError(f"{root}: no such folder or list (expected 'digits', a folder of class sub-folders, "
+                         "or a .csv/.jsonl list of path,label)")
+    pair = _list_pair(root)
+    if pair is not None and not (root / "train").is_dir():
+        train_list = image_list(pair[0], transform, mode)
+        if split == "train":
+            return train_list
+        return image_list(pair[1], transform, mode, classes=train_list.classes)
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
         train_classes, val_classes = _class_dirs(train_dir), _class_dirs(val_dir)
