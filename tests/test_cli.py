@@ -258,3 +258,30 @@ def test_every_image_kind_through_predict_and_features(tmp_path, model_file, mon
     assert feats.features.shape == (len(good), 2048) and np.isfinite(feats.features).all()
     assert {Path(p).name for p in feats.paths} == good
     assert {Path(p).name for p, _ in feats.failures} == set(reasons)
+
+
+def test_train_and_evaluate_from_a_csv_list(tmp_path, capsys):
+    """A CSV list with a bad row file: training skips it, the model keeps the list's labels, evaluate reads
+    the same list's held-out split."""
+    from inceptionv3.weights import load_model
+    rng = np.random.default_rng(0)
+    lines = ["path,label"]
+    for label, shade in (("3", 40), ("12", 200)):
+        for i in range(6):
+            arr = np.clip(rng.normal(shade, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / f"{label}_{i}.png")
+            lines.append(f"{label}_{i}.png,{label}")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    lines.append("broken.png,3")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", str(tmp_path / "list.csv"), "--out", str(run), "--arch",
+                           "inception_mini", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+                           "--workers", "0", "--no-progress", "--val-fraction", "0.25")
+    assert code == 0 and "best held-out top-1" in out
+    assert load_model(run / "best.safetensors").meta.class_names == ["3", "12"]
+    code, out, _ = run_cli(capsys, "evaluate", str(tmp_path / "list.csv"), "--weights",
+                           str(run / "best.safetensors"), "--format", "json", "--workers", "0",
+                           "--val-fraction", "0.25")
+    report = json.loads(out)
+    assert code == 0 and report["n"] + report["skipped"] == 4 and report["class_names"] == ["3", "12"]
