@@ -195,8 +195,8 @@ def test_bad_inputs_have_one_clear_message(tmp_path, capsys):
     (tmp_path / "cut.pth").write_bytes(wrong_classes.read_bytes()[:5000])
     with pytest.raises(WeightsError, match="truncated"):
         convert(tmp_path / "cut.pth", "torchvision", tmp_path / "x.safetensors")
-    with pytest.raises(ValueError, match="TF-slim checkpoints are not supported yet"):
-        convert(wrong_classes, "tf-slim", tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="unknown source 'onnx'; choose one of keras, tf-slim"):
+        convert(wrong_classes, "onnx", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -262,3 +262,16 @@ def test_trust_on_first_use_pins_the_first_download(loopback, tmp_path, monkeypa
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         W.fetch(entry, progress=False)
     assert "tiny.tv_in1k" in (main(["weights", "list"]), capsys.readouterr().out)[1]
+
+
+def test_weights_list_shows_reported_top1_and_top5(capsys):
+    from inceptionv3.weights import REGISTRY
+
+    assert main(["weights", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    timm_rows = [e for e in REGISTRY.values() if e.source.startswith("timm ")]
+    assert len(timm_rows) == 4
+    for e in timm_rows:
+        assert 90 < e.metrics["acc@5"] < 100 and 70 < e.metrics["acc@1"] < e.metrics["acc@5"]
+        cells = rows[e.name].split()
+        assert f"{e.metrics['acc@1']:.3f}" in cells and f"{e.metrics['acc@5']:.3f}" in cells
