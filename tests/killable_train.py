@@ -1,8 +1,9 @@
 """Helper for the resume tests: train per a JSON TrainConfig, and at the Nth loss computation either hang
 (the parent then SIGKILLs this process) or send this process SIGTERM (`term0`: only on torchrun's rank 0;
-the other ranks must stop at the same step all the same). N = 0: never.
+the other ranks must stop at the same step all the same), or (`die1`) SIGKILL torchrun's rank 1. N = 0:
+never.
 
-    python tests/killable_train.py CONFIG_JSON N hang|term|term0 MARKER_FILE
+    python tests/killable_train.py CONFIG_JSON N hang|term|term0|die1 MARKER_FILE
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def main() -> int:
             open(marker, "w").close()
             if action == "hang":
                 time.sleep(600)   # mid-step, after the earlier steps' checkpoints: the parent kills us here
+            elif action == "die1":   # torchrun's rank 1 dies as if the machine had crashed
+                if os.environ.get("RANK") == "1":
+                    os.kill(os.getpid(), signal.SIGKILL)
             elif action == "term" or os.environ.get("RANK", "0") == "0":
                 os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
@@ -43,6 +47,9 @@ def main() -> int:
     except KeyboardInterrupt as e:
         print(e, file=sys.stderr)
         return 130
+    except ConnectionError as e:   # another rank died (PeerLostError)
+        print(e, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -59,7 +59,7 @@ def test_sampler_sizes_and_environment():
 
 ARGS = ["--arch", "inception_mini", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
         "--limit", "64", "--workers", "0", "--threads", "1", "--dropout", "0", "--deterministic",
-        "--no-progress"]
+        "--no-progress", "--amp", "off", "--no-channels-last"]
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
@@ -73,7 +73,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
     cfg = TrainConfig(data="digits", out=str(tmp_path / "one"), arch="inception_mini", image_size=32,
                       epochs=2, batch_size=16, limit=64, workers=0, threads=1, dropout=0.0,
-                      deterministic=True)
+                      deterministic=True, amp="off", channels_last=False)
     single = train(cfg, progress=False)
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ddp["world_size"] == 2 and len(ddp["rng"]) == 2 and ddp["global_step"] == 8

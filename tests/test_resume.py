@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,3 +173,44 @@ def test_save_minutes_checkpoints_inside_epochs(tmp_path):
     train(_cfg(run, save_every=0, save_minutes=1e-9, keep_last=20, epochs=1), progress=False)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == [f"step-{s:08d}.pt" for s in (1, 2, 3, 4)]   # steps 1-3 by time, 4 the epoch end
+
+
+def test_cached_linear_probe_stops_and_resumes_exactly(tmp_path, monkeypatch):
+    # The probe trains its head on features computed once; a SIGTERM mid-epoch and --resume (which
+    # computes them again) end with the uninterrupted run's head.
+    probe = {"recipe": "linear-probe", "ema_decay": 0.0, "save_every": 0}
+    whole = train(_cfg(tmp_path / "whole", **probe), progress=False)
+    real, calls = train_mod.compute_loss, {"n": 0}
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "compute_loss", loss_then_sigterm)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="stopped after epoch 1 step 3 of 4"):
+        train(_cfg(run, **probe), progress=False)
+    monkeypatch.setattr(train_mod, "compute_loss", real)
+    resumed = train(_cfg(run, resume=str(run), **probe), progress=False)
+    got = load_checkpoint(run / "last.pt")["model"]
+    want = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    _same_history(resumed["history"], whole["history"])
+
+
+def test_a_dying_torchrun_rank_stops_the_others_with_a_message(tmp_path):
+    # Rank 1 is SIGKILLed in the backward pass of step 3; rank 0 stops with one message naming the way
+    # back, and the checkpoint of step 2 (written before) is intact.
+    run = tmp_path / "run"
+    cfg = _cfg(run, ema_decay=0.0, dropout=0.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
+           json.dumps(cfg.to_dict()), "3", "die1", str(tmp_path / "marker")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode != 0
+    assert re.search(rf"rank 0: another process of this torchrun run stopped \(.*\); this one stops too\. "
+                     rf"The checkpoints in {run} are intact: .* --resume {run}", proc.stderr), proc.stderr[-3000:]
+    ckpt = load_checkpoint(run / "last.pt")   # verifies the digest
+    assert ckpt["world_size"] == 2 and [s["step"] for s in ckpt["epoch_state"]] == [2, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,13 @@ def test_image_folder_counts_a_corrupt_image(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="inceptionv3"):
         result = train(cfg, progress=False)
     assert result["history"][0]["skipped"] == 1
-    assert any("skipped 1 bad images" in r.getMessage() for r in caplog.records)
+    assert any("skipped 1 bad images (bad_images.txt)" in r.getMessage() for r in caplog.records)
     assert any("broken.png" in r.getMessage() for r in caplog.records)   # the data module names the file
+    lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
+    assert lines[0] == "epoch\tsplit\tpath\treason" and len(lines) == 2
+    epoch, split, path, reason = lines[1].split("\t")
+    assert (epoch, Path(path).name, reason) == ("1", "broken.png", "not an image PIL can read")
+    assert split in ("train", "val")
     assert load_model(result["best_path"]).meta.class_names == ["blue", "red"]
 
 
@@ -188,6 +194,33 @@ def test_init_from_weights(tmp_path):
     other = init_model(_mini_cfg(tmp_path, weights=str(path)), ["cat", "dog", "eel"], aux=False)
     assert other.fc.out_features == 3
     assert torch.equal(other.conv1.weight, source.conv1.weight)   # backbone kept, classifier new
+    with pytest.raises(ValueError, match=r"classifier does not fit the data \(the file has 10 classes "
+                                         r"\[0, 1, 2, 3, 4, \.\.\. \(10 in all\)\]; the data has "
+                                         r"3 classes \[cat, dog, eel\]\)\. Drop --strict"):
+        init_model(_mini_cfg(tmp_path, weights=str(path), strict=True), ["cat", "dog", "eel"], aux=False)
+    init_model(_mini_cfg(tmp_path, weights=str(path), strict=True), DIGITS, aux=False)   # fits: no error
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "no such folder"),
+    ("empty", "is empty"),
+    ("no_images", r"dog: class folder has no images"),
+])
+def test_train_command_names_the_bad_data_folder(tmp_path, capsys, layout, message):
+    from inceptionv3.cli import main
+
+    data = tmp_path / "data"
+    if layout != "missing":
+        data.mkdir()
+    if layout == "no_images":
+        _write_folder(data / "cat")   # cat/blue, cat/red ... a class folder with images in sub-folders
+        (data / "dog").mkdir()
+    code = main(["train", str(data), "--out", str(tmp_path / "run"), "--arch", "inception_mini",
+                 "--workers", "0", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("inceptionv3 train: error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
 
 
 def test_config_round_trip_and_validation():
@@ -254,6 +287,7 @@ def test_paper_optimizer_and_step_schedule():
     optimizer, scheduler = train_mod.build_optimizer(model, cfg, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.RMSprop)
     assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1.0
+    assert optimizer.defaults["momentum"] == 0.9
     lrs = []
     for _ in range(60):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -297,9 +331,10 @@ def test_ema_is_evaluated_and_saved_as_best(tmp_path):
 
 
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
-    # No dropout (its masks are drawn per micro-batch); inception_mini has no BN.
-    whole = train(_mini_cfg(tmp_path / "a", epochs=1, dropout=0.0), progress=False)
-    parts = train(_mini_cfg(tmp_path / "b", epochs=1, dropout=0.0, accum_steps=4), progress=False)
+    # No dropout (its masks are drawn per micro-batch); inception_mini has no BN; fp32 (bf16 rounds each
+    # micro-batch's gradient on its own).
+    whole = train(_mini_cfg(tmp_path / "a", epochs=1, dropout=0.0, amp="off"), progress=False)
+    parts = train(_mini_cfg(tmp_path / "b", epochs=1, dropout=0.0, accum_steps=4, amp="off"), progress=False)
     a = load_checkpoint(tmp_path / "a" / "run" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["model"]
     for k in a:
@@ -312,3 +347,109 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
 def test_balanced_sampling_runs(tmp_path):
     result = train(_mini_cfg(tmp_path, epochs=1, balanced=True), progress=False)
     assert result["history"][0]["train_loss"] > 0 and TrainConfig.load(tmp_path / "run").balanced
+
+
+def test_amp_auto_is_bf16_only_where_native(monkeypatch):
+    cfg = TrainConfig(data="digits")
+    assert cfg.amp == "auto" and cfg.channels_last   # the defaults
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
+    assert train_mod.resolve_amp("auto", cpu) == "off"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert train_mod.resolve_amp("auto", cpu) == "bf16"
+    assert train_mod.resolve_amp("off", cpu) == "off" and train_mod.resolve_amp("fp16", cpu) == "fp16"
+    with train_mod._autocast(cpu, "auto"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def test_grad_checkpointing_same_loss_gradients_and_bn_stats():
+    import copy
+
+    torch.manual_seed(0)
+    plain = build_model("inception_v3", num_classes=5, aux_logits=False)
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    x, y = torch.randn(2, 3, 75, 75), torch.tensor([1, 3])
+    saved = {}
+    for name, net in (("plain", plain), ("ckpt", ckpt)):
+        net.train()
+        torch.manual_seed(1)   # the same dropout mask for both
+        numel = []
+        # Tensors autograd keeps for the backward pass (a checkpointed block keeps only its input).
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, keep=numel.append: keep(t.numel()) or t,
+                                                      lambda t: t):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        saved[name] = (loss.item(), sum(numel))
+    assert saved["ckpt"][0] == pytest.approx(saved["plain"][0], abs=1e-6)
+    assert saved["ckpt"][1] < saved["plain"][1] / 2
+    for (k, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-5, msg=k)
+    for k, v in plain.state_dict().items():   # BN running stats: the batch is counted once, not twice
+        torch.testing.assert_close(ckpt.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+    assert torch.jit.script(ckpt.eval())(x).shape == (2, 5)   # TorchScript export still works
+    with pytest.raises(ValueError, match="no Mixed blocks"):
+        train_mod.prepare_model(build_model("inception_mini", num_classes=3),
+                                TrainConfig(data="digits", arch="inception_mini", grad_checkpointing=True),
+                                torch.device("cpu"))
+
+
+def test_compile_wires_torch_compile(tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    kw = {"epochs": 1, "dropout": 0.0, "amp": "off"}
+    compiled = train(_mini_cfg(tmp_path / "c", compile=True, compile_backend="eager", **kw), progress=False)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1   # the forward went through dynamo
+    eager = train(_mini_cfg(tmp_path / "e", **kw), progress=False)
+    a = load_checkpoint(tmp_path / "c" / "run" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "e" / "run" / "last.pt")["model"]
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    assert compiled["history"][0]["val_acc1"] == eager["history"][0]["val_acc1"]
+    torch._dynamo.reset()
+
+
+def test_linear_probe_computes_backbone_features_once(tmp_path, monkeypatch):
+    from inceptionv3.model import InceptionMini
+
+    images = {"n": 0}
+    real = InceptionMini.forward_features
+
+    def counting(self, x):
+        images["n"] += x.shape[0]
+        return real(self, x)
+
+    monkeypatch.setattr(InceptionMini, "forward_features", counting)
+    kw = {"epochs": 2, "recipe": "linear-probe", "amp": "off"}
+    uncached = train(_mini_cfg(tmp_path / "u", cache_features=False, **kw), progress=False)
+    per_run, images["n"] = images["n"], 0
+    cached = train(_mini_cfg(tmp_path / "c", **kw), progress=False)
+    # 64 training + 450 held-out digits: through the backbone once, instead of once per epoch.
+    assert images["n"] == 64 + 450 and per_run == 2 * (64 + 450)
+    a = load_checkpoint(tmp_path / "u" / "run" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "c" / "run" / "last.pt")["model"]
+    torch.manual_seed(0)   # train() builds its network from the same seed
+    assert not torch.equal(a["fc.weight"], init_model(_mini_cfg(tmp_path), DIGITS, aux=False).fc.weight)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+    assert [h["val_acc1"] for h in cached["history"]] == [h["val_acc1"] for h in uncached["history"]]
+    assert load_model(cached["best_path"]).meta.class_names == DIGITS
+
+
+def test_tensorboard_events_and_confusion_matrix(digits_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, result = digits_run
+    events = EventAccumulator(str(Path(cfg.out) / "tensorboard")).Reload()
+    top1 = events.Scalars("top1/val")
+    assert [e.step for e in top1] == [1, 2]
+    assert [e.value for e in top1] == pytest.approx([h["val_acc1"] for h in result["history"]])
+    assert {"loss/train", "loss/val", "lr"} <= set(events.Tags()["scalars"])
+    saved = json.loads((Path(cfg.out) / "confusion.json").read_text())
+    best = max(result["history"], key=lambda h: h["val_acc1"])
+    matrix = np.array(saved["matrix"])
+    assert saved["epoch"] == best["epoch"] and saved["class_names"] == DIGITS and matrix.sum() == 450
+    assert 100 * np.trace(matrix) / matrix.sum() == pytest.approx(result["best_acc1"])

@@ -3,6 +3,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os
+
+# OpenMP threads that spin while they wait take the time slice their partner needs whenever another
+# process shares the cores. A short spin before sleeping kept the quiet-machine speed and most of the
+# gain of never spinning under load (README, Precision and backends). The setting is read once, when
+# torch loads, so it is made before that; a wait policy or spin count the user exported wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
+
 # Functions are imported by name here, after their modules, so `inceptionv3.predict` is always the
 # function even though a module of the same name exists (a lazy import would let the module win).
 from .model import (  # noqa: E402

@@ -23,7 +23,8 @@ class CommandError(Exception):
 
 # Helpers ---------------------------------------------------------------------------------------------
 
-def _common_inference_args(p: argparse.ArgumentParser, default_batch: int = 32) -> None:
+def _common_inference_args(p: argparse.ArgumentParser, default_batch: int = 32,
+                           default_precision: str = "fp32") -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files, folders (searched recursively), glob patterns, or @list.txt")
     p.add_argument("--weights", default="imagenet",
@@ -35,6 +36,18 @@ def _common_inference_args(p: argparse.ArgumentParser, default_batch: int = 32) 
                    help="decode worker processes (default: chosen for the core count; 0 decodes in-process)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _engine_args(p, default_precision)
+
+
+def _engine_args(p: argparse.ArgumentParser, default_precision: str = "fp32") -> None:
+    p.add_argument("--precision", default=default_precision, choices=("auto", "fp32", "bf16", "int8"),
+                   help="arithmetic: fp32 (exact), bf16 (where the CPU/GPU has it natively), int8 (CPU, needs "
+                        f"--calibration); auto = bf16 where native, else fp32 (default {default_precision})")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="runtime; onnxruntime/openvino export the fused graph once to the cache "
+                        "(default auto: the fastest installed one for the precision)")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="images like the inputs, to calibrate --precision int8 (at least 32; up to 256 used)")
 
 
 def _progress(args) -> bool:
@@ -76,7 +89,8 @@ def cmd_predict(args) -> int:
     try:
         results = predict(args.paths, weights=args.weights, top_k=args.top_k, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, strict=args.strict,
-                          progress=_progress(args), arch=args.arch)
+                          progress=_progress(args), arch=args.arch, precision=args.precision,
+                          backend=args.backend, calibration=args.calibration)
     except ImageFailure as e:
         print(f"inceptionv3 predict: {e} (stopped: --strict)", file=sys.stderr)
         return EXIT_SOME_FAILED
@@ -108,9 +122,14 @@ def cmd_predict(args) -> int:
 
 def cmd_features(args) -> int:
     from .features import extract_features, save_features
+    from .distributed import env_from_environ, teardown
     result = extract_features(args.paths, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
                               workers=args.workers, device=args.device, progress=_progress(args),
-                              arch=args.arch)
+                              arch=args.arch, precision=args.precision, backend=args.backend,
+                              calibration=args.calibration)
+    teardown()
+    if not env_from_environ().is_main:   # under torchrun rank 0 holds the merged result and writes it
+        return EXIT_OK
     out = save_features(result, args.out)
     n, d = result.features.shape
     print(f"wrote {n} x {d} features ({args.layer}) to {out}")
@@ -167,10 +186,23 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args) -> int:
+    from .plot import plot_run
+    for path in plot_run(args.run, args.out):
+        print(path)
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, format_report, plot_confusion
+    from .distributed import env_from_environ, teardown
     result = evaluate(args.data, args.weights, split=args.split, batch_size=args.batch_size,
-                      workers=args.workers, device=args.device)
+                      workers=args.workers, device=args.device, crops=args.crops,
+                      val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
+                      backend=args.backend, calibration=args.calibration)
+    teardown()
+    if not env_from_environ().is_main:   # under torchrun every rank has the summed result; rank 0 reports
+        return EXIT_OK
     if args.format == "json":
         print(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, indent=2))
     else:
@@ -256,8 +288,32 @@ def cmd_export(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert
-    r = convert(args.src, args.source, args.out, num_classes=args.num_classes)
+    r = convert(args.src, args.source, args.out, num_classes=args.num_classes,
+                keep_background=args.keep_background, ema=args.ema)
     print(f"converted {args.source} weights {args.src} ({r['tensors']} tensors checked) to {r['path']}")
+    return EXIT_OK
+# -------------------------------------------------------------------------------------------------------
+
+
+# Benchmark (issue 5) -------------------------------------------------------------------------------
+
+def _csv(kind: type) -> typing.Callable[[str], tuple]:
+    """'1,16' -> (1, 16): comma-separated flag values."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+    return parse
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, format_report, run_bench, write_json
+    cfg = _config_from(BenchConfig, args)
+    result = run_bench(cfg)
+    print(format_report(result))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
     return EXIT_OK
 # -------------------------------------------------------------------------------------------------------
 
@@ -312,12 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train import TrainConfig
     p = sub.add_parser("train", help="train or fine-tune on an image folder or the embedded digits",
-                       description="Train on DATA: 'digits' (scikit-learn's handwritten digits, offline) or "
-                                   "an image folder with one sub-folder per class (or train/ and val/).")
-    p.add_argument("data", help="'digits' or an image folder")
+                       description="Train on DATA: 'digits' (scikit-learn's handwritten digits, offline), "
+                                   "an image folder with one sub-folder per class (or train/ and val/), or a "
+                                   ".csv/.jsonl list of path,label (or a folder with train.csv and val.csv).")
+    p.add_argument("data", help="'digits', an image folder or a .csv/.jsonl list")
     _dataclass_args(p, TrainConfig, skip=("data",))
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="PNG curves and confusion matrix of a training run",
+                       description="Draw loss, top-1/top-5 and learning-rate curves (from RUN_DIR/metrics.jsonl) "
+                                   "and the best epoch's held-out confusion matrix as PNG files.")
+    p.add_argument("run", metavar="RUN_DIR", help="the --out folder of 'inceptionv3 train'")
+    p.add_argument("--out", default=None, help="folder for the PNG files (default RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class precision/recall, confusion matrix",
                        description="Evaluate a saved model on labelled data ('digits' uses its held-out split).")
@@ -329,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="draw the confusion matrix")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="for a single folder or list: the held-out share used in training (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="for a single folder or list: the training seed")
+    p.add_argument("--crops", type=int, default=1, choices=(1, 10, 12, 144),
+                   help="average the softmax over 10 (ten-crop), 12 or 144 crops per image (the paper's "
+                        "multi-crop evaluation; see the README); --batch-size then counts crops")
+    _engine_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     # Generator metrics (fid, kid, is, stats) -------------------------------------------------------
@@ -392,15 +463,45 @@ def build_parser() -> argparse.ArgumentParser:
                         "(max abs diff <= 1e-4)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("convert", help="convert Keras / torchvision / timm / pytorch-fid weights",
+    p = sub.add_parser("convert", help="convert Keras / TF-slim / torchvision / timm / pytorch-fid files",
                        description="Convert a weights file from another framework into a self-describing "
                                    ".safetensors file, checking every tensor's shape.")
-    p.add_argument("src", help="source weights file")
+    p.add_argument("src", help="source weights file (TF-slim: a .ckpt file, or a checkpoint prefix or its "
+                               ".index)")
     p.add_argument("--from", dest="source", required=True, choices=SOURCES, help="where the file comes from")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--num-classes", type=int, default=None,
                    help="Keras no-top file: add a fresh zero classifier with this many classes")
+    p.add_argument("--keep-background", action="store_true",
+                   help="TF-slim: keep the background class (index 0): 1001 outputs instead of 1000")
+    p.add_argument("--ema", action="store_true",
+                   help="TF-slim: use the weights' ExponentialMovingAverage copies saved during training")
     p.set_defaults(func=cmd_convert)
+    # --------------------------------------------------------------------------------------------------
+    # Benchmark (issue 5) -----------------------------------------------------------------------------
+    from .bench import COMPARE
+    p = sub.add_parser("bench", help="inference speed next to torchvision, ONNX Runtime and OpenVINO",
+                       description="Time our inference engines and the comparisons in one process, in "
+                                   "alternation: img/s, ms per batch, p50/p99, GFLOP/s and % of a matmul "
+                                   "peak, peak memory, agreement with the plain model, ratios; random weights.")
+    p.add_argument("--arch", default="inception_v3", choices=("inception_v3", "inception_mini"))
+    p.add_argument("--batch-size", dest="batch_sizes", type=_csv(int), default=(1, 16),
+                   help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--image-size", type=int, default=299, help="square input side (default 299)")
+    p.add_argument("--precision", dest="precisions", type=_csv(str), default=("fp32", "bf16", "int8"),
+                   help="comma-separated: fp32, bf16, int8 (default all; pairs a backend lacks are noted)")
+    p.add_argument("--backend", dest="backends", type=_csv(str), default=None,
+                   help="comma-separated: torch, onnxruntime, openvino (default: every installed one)")
+    p.add_argument("--compare", type=_csv(str), default=COMPARE,
+                   help=f"comma-separated comparisons, or '' for none (default {','.join(COMPARE)}; "
+                        "a missing package is skipped with a note)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per row (default 10)")
+    p.add_argument("--latency-repeats", type=int, default=100,
+                   help="timed calls at batch 1 at least, for p99 (default 100)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per row first (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write everything as JSON")
+    p.set_defaults(func=cmd_bench)
     # --------------------------------------------------------------------------------------------------
     return parser
 

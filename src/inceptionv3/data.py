@@ -13,6 +13,8 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,42 @@ def collate_images(items: Sequence[tuple[torch.Tensor | None, int, str | None]])
     return Batch(images, [i for _, i in good], failures)
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads inside the block, then restore the budget."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
+
+
+def _batches_in_process(dataset: ImageFiles, batch_size: int, threads: int,
+                        pin_memory: bool) -> Iterator[Batch]:
+    """workers=0: each batch is decoded here, between model calls, by ``threads`` threads.
+
+    The model and the decoding then take turns on every core instead of fighting over them. PIL releases
+    the GIL while it decodes and resizes, so threads share the work. Torch's per-image ops (to float,
+    normalise) run single-threaded: split across cores, a 3 x 299 x 299 tensor op costs more in
+    fork/join than it saves, and on a busy machine a multi-threaded one waits for a core at each barrier.
+    """
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
+    try:
+        for start in range(0, len(dataset), batch_size):
+            indices = range(start, min(start + batch_size, len(dataset)))
+            with _torch_threads(1):
+                get = pool.map if pool else map
+                items = list(get(dataset.__getitem__, indices))
+                batch = collate_images(items)
+            yield batch.pin_memory() if pin_memory and batch.indices else batch
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
 def image_batches(
     paths: Sequence[str | os.PathLike],
     transform: Transform,
@@ -109,17 +147,25 @@ def image_batches(
     workers: int | None = None,
     *,
     pin_memory: bool | None = None,
+    decode_threads: int | None = None,
 ) -> Iterator[Batch]:
     """Decoded batches in input order; worker processes decode while the caller computes.
 
-    `workers=None` uses `default_workers()`; 0 decodes in this process. `pin_memory` defaults to
-    whether CUDA is available (pinned host memory makes .to('cuda', non_blocking=True) overlap).
+    `workers=None` uses `default_workers()`; 0 decodes in this process, batch by batch, on
+    `decode_threads` threads (default: one per core). `pin_memory` defaults to whether CUDA is available
+    (pinned host memory makes .to('cuda', non_blocking=True) overlap).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     workers = _resolve_workers(workers)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    if workers == 0:
+        threads = available_cores() if decode_threads is None else decode_threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"decode_threads must be an integer >= 1 or None, got {decode_threads!r}")
+        yield from _batches_in_process(ImageFiles(paths, transform, mode), batch_size, threads, pin_memory)
+        return
     loader = DataLoader(
         ImageFiles(paths, transform, mode),
         batch_size=batch_size,
@@ -127,7 +173,7 @@ def image_batches(
         num_workers=workers,
         collate_fn=collate_images,
         pin_memory=pin_memory,
-        prefetch_factor=2 if workers > 0 else None,  # each worker keeps 2 batches ready ahead of compute
+        prefetch_factor=2,  # each worker keeps 2 batches ready ahead of compute
     )
     yield from loader
 
@@ -137,12 +183,33 @@ def image_batches(
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BadImage:
+    """An image a labeled dataset could not decode (returned instead of None when `report_bad` is set)."""
+
+    path: str
+    reason: str
+
+
+class SkippedImages(int):
+    """The number of images a batch lost (an int), with the `BadImage`s among them (for the run's list)."""
+
+    def __new__(cls, count: int, images: Sequence[BadImage] = ()) -> SkippedImages:
+        obj = super().__new__(cls, count)
+        obj.images = tuple(images)
+        return obj
+
+
 class LabeledImages(Dataset):
     """(image tensor, label) pairs from files; an image that fails to decode gives None.
 
     The failure is logged once per file and process (with its reason); `collate_labeled` drops it and
-    counts it, so one bad file costs one sample, not the run.
+    counts it, so one bad file costs one sample, not the run. With `report_bad = True` the item is a
+    `BadImage` (path and reason) instead, which `collate_labeled` passes on in its count, so that
+    training can list the bad files in its run folder whichever worker process met them.
     """
+
+    report_bad = False
 
     def __init__(
         self,
@@ -172,7 +239,7 @@ class LabeledImages(Dataset):
             if path not in self._reported:
                 self._reported.add(path)
                 log.warning("skipping %s", e)
-            return None
+            return BadImage(path, e.reason) if self.report_bad else None
         return self.transform(img), label
 
 
@@ -436,14 +503,15 @@ def _check_split(split: str) -> None:
 
 
 def collate_labeled(
-    batch: Sequence[tuple[torch.Tensor, int] | None],
+    batch: Sequence[tuple[torch.Tensor, int] | BadImage | None],
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(images, labels, number skipped): drops the None items of images that failed to decode.
+    """(images, labels, number skipped): drops the None (or `BadImage`) items of images that failed to
+    decode; the number is a `SkippedImages`, carrying the `BadImage`s.
 
     When every item failed, images and labels are empty (size 0) tensors; the caller skips the step.
     """
-    good = [item for item in batch if item is not None]
-    skipped = len(batch) - len(good)
+    good = [item for item in batch if isinstance(item, tuple)]
+    skipped = SkippedImages(len(batch) - len(good), [item for item in batch if isinstance(item, BadImage)])
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([x for x, _ in good])

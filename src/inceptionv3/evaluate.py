@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ MAX_PRINTED_CLASSES = 20  # wider confusion matrices do not fit a terminal; use 
 
 @torch.inference_mode()
 def evaluate_model(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     loader: Iterable,
     num_classes: int,
     device: str | torch.device = "cpu",
@@ -45,10 +45,12 @@ def evaluate_model(
     Top-k is capped at `num_classes`, so top-5 of a 3-class problem is top-3 (always 100%).
     Precision of a class never predicted, and recall of a class absent from the data, are 0.
     Under torchrun each rank passes its shard of the data; the counts are summed over ranks, so every
-    rank returns the numbers of the whole data set.
+    rank returns the numbers of the whole data set. `model` is a module or any callable from images to
+    logits, such as an `accel.Engine`.
     """
     device = torch.device(device)
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     k5 = min(5, num_classes)
     correct1 = correct5 = n = skipped = 0
@@ -62,11 +64,11 @@ def evaluate_model(
         labels = labels.to(device, non_blocking=True)
         if images.dim() == 5:   # N x K crops: log of the mean probability over crops
             views = images.flatten(0, 1)
-            probs = torch.cat([model(v.to(device, non_blocking=True)).float().softmax(1)
+            probs = torch.cat([model(v.to(device, non_blocking=True)).float().softmax(1).to(device)
                                for v in views.split(chunk)])
             logits = probs.view(images.shape[0], images.shape[1], -1).mean(1).clamp_min(1e-12).log()
         else:
-            logits = model(images.to(device, non_blocking=True)).float()  # N x num_classes
+            logits = model(images.to(device, non_blocking=True)).float().to(device)  # N x num_classes
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(k5, dim=1).indices  # N x k5, best first
         hits = top.eq(labels[:, None])
@@ -112,6 +114,9 @@ def evaluate(
     seed: int = 0,
     crops: int = 1,
     distributed: bool | None = None,
+    precision: str = "fp32",
+    backend: str = "auto",
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Evaluate saved weights on a labeled data set ("digits" or an image folder).
 
@@ -122,9 +127,12 @@ def evaluate(
     `crops` > 1 averages over 10, 12 or 144 crops per image (`transforms.MULTI_CROPS`); `batch_size` then
     counts crops. Under torchrun (`distributed` None means: when torchrun started this process) each rank
     evaluates a contiguous shard and the counts are summed, so every rank returns the whole result.
+    The network runs as `accel.build_engine` builds it (batch norm folded, sibling convs fused) at
+    `precision` on `backend`, as `predict` does; int8 calibrates on `calibration` (images like the data).
     """
     from . import data as data_mod
-    from .inference import inference_copy
+    from .accel import build_engine
+    from .inference import calibration_images
     from .transforms import MULTI_CROPS, multi_crop_transform
     from .weights import load_model
 
@@ -166,21 +174,18 @@ def evaluate(
         else dataset
     loader = data_mod.labeled_loader(shard, batch_size=max(1, batch_size // crops), shuffle=False,
                                      workers=workers)
-    result = evaluate_model(inference_copy(model, dev), _channels_last(loader), len(classes), dev, env,
-                            chunk=batch_size)
+    images = None
+    if calibration is not None:
+        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+        images = calibration_images(model, spec, workers=workers)
+    engine = build_engine(model, output="logits", precision=precision, backend=backend, device=dev,
+                          calibration=images, batch_size=batch_size, images=len(shard) * crops)
+    result = evaluate_model(engine, loader, len(classes), dev, env, chunk=batch_size)
     if result["skipped"] and env.is_main:
         logger.warning("skipped %d unreadable images", result["skipped"])
     result.update(class_names=classes, data=data, split=split, weights=str(weights), crops=crops,
-                  processes=env.world_size)
+                  processes=env.world_size, engine=engine.describe())
     return result
-
-
-def _channels_last(loader: Iterable) -> Iterator:
-    # The inference copy runs channels-last; hand it images in that layout (4-d batches only).
-    for images, *rest in loader:
-        if images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        yield (images, *rest)
 
 
 def _preview(names: Sequence[str], k: int = 5) -> str:

@@ -31,12 +31,6 @@ class Features:
     failures: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
 
 
-def tap_vector(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
-    """N x D for a tap; spatial taps are averaged over space (as FID tools do for their 64/192/768 dims)."""
-    out = model.forward_intermediates(images, [layer])[layer]
-    return out.mean(dim=(2, 3)) if out.dim() == 4 else out
-
-
 def extract_features(
     inputs: Sequence[str | os.PathLike],
     weights: str | os.PathLike | nn.Module = "imagenet",
@@ -47,12 +41,19 @@ def extract_features(
     progress: bool = False,
     arch: str | None = None,
     distributed: bool | None = None,
+    precision: str = "fp32",
+    backend: str = "auto",
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor | None = None,
 ) -> Features:
     """Features of every usable image at ``layer`` (a name from ``model.TAPS``); failures are listed.
 
     Under torchrun (``distributed`` None means: when torchrun started this process) each rank takes a
     contiguous shard of the inputs; rank 0 returns the merged result, in input order and equal to a
     single-process run, and the other ranks return their own shard.
+
+    The network runs as ``accel.build_engine`` builds it (batch norm folded, sibling convs fused) at
+    ``precision`` on ``backend``; fp32 (the default) matches the plain model to float rounding, which
+    metrics such as FID need. int8 calibrates on ``calibration`` (images like the inputs).
     """
     if layer not in TAPS:
         raise ValueError(f"unknown --layer {layer!r}; choose one of: {', '.join(TAPS)}")
@@ -66,9 +67,11 @@ def extract_features(
     mine = [paths[i] for i in dist_mod.shard_range(len(paths), env)]
     rows: list[tuple[int, np.ndarray]] = []
     failures: list[tuple[int, str]] = []
-    fn = lambda m, x: tap_vector(m, x, layer)  # noqa: E731
-    for step in inference.run(model, mine, fn, batch_size, workers, str(dev), progress and env.is_main,
-                              desc="features"):
+    if calibration is not None and not isinstance(calibration, torch.Tensor):
+        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+        calibration = inference.calibration_images(model, spec, workers=workers)
+    for step in inference.run(model, mine, layer, batch_size, workers, str(dev), progress and env.is_main,
+                              desc="features", precision=precision, backend=backend, calibration=calibration):
         failures += step.failures
         rows += zip(step.indices, step.outputs.numpy())
     rows.sort(key=lambda r: r[0])

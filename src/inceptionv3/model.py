@@ -17,12 +17,14 @@ torchvision and timm checkpoints load with ``strict=True``.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "Tap", "TAPS", "InceptionV3", "InceptionMini", "inception_v3", "inception_mini", "ARCHS", "build_model",
@@ -214,6 +216,20 @@ class InceptionAux(nn.Module):
         return self.fc(x)                              # N x num_classes
 
 
+@contextlib.contextmanager
+def _bn_stats_kept(block: nn.Module) -> Iterator[None]:
+    """Around a checkpointed block's recomputation: the batch already counted in the BN running
+    statistics must not be counted twice, so they are put back as they were."""
+    saved = [(b, b.clone()) for m in block.modules() if isinstance(m, nn.BatchNorm2d)
+             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
 def _check_size(x: torch.Tensor, minimum: int, what: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D input batch (N x C x H x W), got shape {list(x.shape)}")
@@ -293,6 +309,7 @@ class InceptionV3(_Classifier):
         self.aux_logits = aux_logits
         self.num_features = 2048
         self.min_input_size = MIN_INPUT_SIZE
+        self.grad_checkpointing = False
         pad = count_include_pad
 
         self.Conv2d_1a_3x3 = BasicConv2d(in_chans, 32, kernel_size=3, stride=2)
@@ -343,7 +360,20 @@ class InceptionV3(_Classifier):
         x = self._stem_to_6e(x)     # N x 768 x 17 x 17
         return self._7a_to_7c(x)    # N x 2048 x 8 x 8
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each Mixed block's activations in the backward pass instead of keeping them.
+
+        Training then stores only the blocks' outputs: less memory (larger batches fit) for about one
+        more forward pass of compute. Loss, gradients and batch-norm statistics are unchanged.
+        """
+        self.grad_checkpointing = enable
+
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and torch.is_grad_enabled()
+
     def _stem_to_6e(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._checkpointing():
+            return self._checkpointed(x, 0, 15)
         # N x 3 x 299 x 299
         x = self.Conv2d_1a_3x3(x)   # N x 32 x 149 x 149
         x = self.Conv2d_2a_3x3(x)   # N x 32 x 147 x 147
@@ -362,9 +392,23 @@ class InceptionV3(_Classifier):
         return self.Mixed_6e(x)     # N x 768 x 17 x 17
 
     def _7a_to_7c(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._checkpointing():
+            return self._checkpointed(x, 15, len(_STAGES))
         x = self.Mixed_7a(x)        # N x 1280 x 8 x 8
         x = self.Mixed_7b(x)        # N x 2048 x 8 x 8
         return self.Mixed_7c(x)     # N x 2048 x 8 x 8
+
+    @torch.jit.unused
+    def _checkpointed(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """_STAGES[first:last] with every Mixed block under non-reentrant activation checkpointing."""
+        for name in _STAGES[first:last]:
+            block = getattr(self, name)
+            if name.startswith("Mixed_"):
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=lambda b=block: (contextlib.nullcontext(), _bn_stats_kept(b)))
+            else:
+                x = block(x)
+        return x
 
     @torch.jit.unused
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

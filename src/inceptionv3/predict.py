@@ -33,12 +33,19 @@ def predict(
     strict: bool = False,
     progress: bool = False,
     arch: str | None = None,
+    precision: str = "fp32",
+    backend: str = "auto",
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor | None = None,
 ) -> list[dict]:
     """Classify images; one result per input image, in input order.
 
     ``inputs`` are files, folders (recursive), glob patterns or ``@list.txt`` files. Each result is
     ``{"path", "predictions": [{"index", "label", "probability"}, ...]}`` or ``{"path", "error"}``.
     With ``strict=True`` the first unusable image raises ``ImageFailure``.
+
+    ``precision`` (auto, fp32, bf16, int8) and ``backend`` (auto, torch, onnxruntime, openvino) choose
+    the engine (see ``accel``); int8 calibrates on ``calibration``: images (files, folders) like the
+    inputs, or a preprocessed N x C x H x W tensor.
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
@@ -46,8 +53,11 @@ def predict(
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
     names = model.meta.class_names
     results: list[dict | None] = [None] * len(paths)
-    logits = lambda m, x: m(x)  # noqa: E731
-    for step in inference.run(model, paths, logits, batch_size, workers, device, progress, desc="predict"):
+    if calibration is not None and not isinstance(calibration, torch.Tensor):
+        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+        calibration = inference.calibration_images(model, spec, workers=workers)
+    for step in inference.run(model, paths, "logits", batch_size, workers, device, progress, desc="predict",
+                              precision=precision, backend=backend, calibration=calibration):
         for i, reason in step.failures:
             if strict:
                 raise ImageFailure(f"{paths[i]}: {reason}")

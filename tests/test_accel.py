@@ -1,0 +1,267 @@
+"""The fast inference engines: the fused graph equals the model; bf16, int8 and ONNX Runtime stay close;
+unavailable choices and short calibration sets fail with one clear message; exported graphs are cached."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize_bn
+from inceptionv3 import accel, build_model
+from inceptionv3.accel import MIN_CALIBRATION_IMAGES, build_engine, fuse_for_inference, native_bf16
+from inceptionv3.transforms import Preprocess
+
+pytest.importorskip("onnxruntime")
+
+
+def _model(arch: str, **config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "inception_v3":
+        config.setdefault("aux_logits", False)
+    model = randomize_bn(build_model(arch, num_classes=5, **config)).eval()
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 0.2)     # logits of a useful size; the default head is zero
+    return model
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def _pool(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+@pytest.mark.parametrize("arch, config, size", [
+    ("inception_v3", {}, 75),
+    ("inception_v3", {"count_include_pad": False, "last_pool": "max"}, 107),   # TF pools, the FID graph
+    ("inception_mini", {}, 75),
+])
+def test_fused_graph_equals_model(arch, config, size):
+    model = _model(arch, **config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert _rel(fused(x), model(x)) < 1e-4
+        assert _rel(_pool(fused, x), _pool(model, x)) < 1e-4
+    # fewer convs: every Mixed block's sibling 1x1 convs became one
+    n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
+    assert n_convs(fused) < n_convs(model)
+    assert not any(isinstance(c, torch.nn.BatchNorm2d) for c in fused.modules())
+    # the caller's model is untouched
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_torch_engine_outputs_and_taps():
+    model = _model("inception_v3")
+    x = torch.randn(3, 3, 75, 75)
+    with torch.no_grad():
+        want = {"logits": model(x), "pool": _pool(model, x),
+                "Mixed_5d": model.forward_intermediates(x, ["Mixed_5d"])["Mixed_5d"].mean(dim=(2, 3))}
+    for output, ref in want.items():
+        engine = build_engine(model, output=output)
+        got = engine(x)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert _rel(got, ref) < 1e-4, output
+        assert (engine.output, engine.precision, engine.backend) == (output, "fp32", "torch")
+        assert output in engine.describe()
+    with pytest.raises(ValueError, match="unknown output"):
+        build_engine(model, output="Mixed_9z")
+    with pytest.raises(ValueError, match="torch backend only"):
+        build_engine(model, output="Mixed_5d", backend="onnxruntime")
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16")
+def test_bf16_close_and_agrees_on_clear_cases():
+    model = _model("inception_v3")
+    x = torch.randn(5, 3, 75, 75)
+    with torch.no_grad():
+        # A head whose class i points at image i's (centred) features: each image has a clear winner.
+        feats = _pool(model, x)
+        centred = feats - feats.mean(0)
+        model.fc.weight.copy_(centred / centred.norm(dim=1, keepdim=True))
+        model.fc.bias.copy_(-model.fc.weight @ feats.mean(0))
+        ref = model(x)
+    assert torch.equal(ref.argmax(1), torch.arange(5))
+    got = build_engine(model, precision="bf16")(x)
+    assert got.dtype == torch.float32
+    assert _rel(got, ref) < 5e-2
+    top2 = ref.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.1 * ref.abs().max()   # margins far above bf16's rounding
+    assert clear.any()
+    assert torch.equal(got.argmax(1)[clear], ref.argmax(1)[clear])
+    assert accel.resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_unavailable_precision_and_backend_messages(monkeypatch):
+    model = _model("inception_mini")
+    monkeypatch.setattr(accel, "native_bf16", lambda device="cpu": False)
+    with pytest.raises(ValueError, match=r"no native bf16.*--precision fp32"):
+        build_engine(model, precision="bf16")
+    assert accel.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match=r"int8 is not available on the torch backend; use --backend onnxruntime"):
+        build_engine(model, precision="int8", backend="torch", calibration=torch.randn(40, 3, 32, 32))
+    with pytest.raises(ValueError, match="unknown precision"):
+        build_engine(model, precision="fp8")
+    with pytest.raises(ValueError, match="unknown backend"):
+        build_engine(model, backend="tensorrt")
+    real = accel._installed
+    monkeypatch.setattr(accel, "_installed", lambda b: b != "openvino" and real(b))
+    with pytest.raises(ValueError, match=r"needs the openvino package: pip install .*; or use --backend torch"):
+        build_engine(model, backend="openvino")
+
+
+def test_auto_backend_policy(monkeypatch):
+    resolve = accel.resolve_backend
+    big = accel.AUTO_EXPORT_MIN_IMAGES
+    assert resolve("auto", "fp32", "cpu", "logits", images=big - 1) == "torch"   # export would not pay off
+    assert resolve("auto", "fp32", "cpu", "Mixed_6e", images=big) == "torch"     # tap: torch only
+    assert resolve("auto", "int8", "cpu", "logits") == "onnxruntime"
+    monkeypatch.setattr(accel, "_installed", lambda b: b in ("torch", "onnxruntime"))
+    assert resolve("auto", "fp32", "cpu", "pool", images=big) == "onnxruntime"
+    assert resolve("auto", "bf16", "cpu", "pool", images=big) == "torch"         # ONNX Runtime has no bf16 here
+    monkeypatch.setattr(accel, "_installed", lambda b: True)
+    assert resolve("auto", "bf16", "cpu", "pool", images=big) == "openvino"
+
+
+def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
+    model = _model("inception_mini")
+    x = torch.randn(3, 3, 75, 75)
+    with torch.no_grad():
+        want = {"logits": model(x), "pool": _pool(model, x)}
+    for output, ref in want.items():
+        engine = build_engine(model, output=output, backend="onnxruntime")
+        assert _rel(engine(x), ref) < 1e-4, output
+        assert _rel(engine(x[:1]), ref[:1]) < 1e-4       # the batch axis is dynamic
+    cached = engine.cache_files[0]
+    assert cached.exists() and cached.parent.name == "engines"
+    mtime = cached.stat().st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again instead of reusing the cache")
+    monkeypatch.setattr(accel, "_export_onnx", no_export)
+    again = build_engine(model, output="pool", backend="onnxruntime")
+    assert _rel(again(x), want["pool"]) < 1e-4
+    assert again.cache_files == [cached] and cached.stat().st_mtime_ns == mtime
+    # other weights are another graph: the cache key follows them
+    other = _model("inception_mini")
+    with torch.no_grad():
+        other.fc.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="exported again"):
+        build_engine(other, output="pool", backend="onnxruntime")(x)
+
+
+def test_int8_runs_and_stays_close_on_calibrated_input():
+    model = _model("inception_mini")
+    g = torch.Generator().manual_seed(1)
+    calibration = torch.randn(MIN_CALIBRATION_IMAGES, 3, 48, 48, generator=g)
+    engine = build_engine(model, precision="int8", backend="auto", calibration=calibration)
+    assert (engine.backend, engine.precision) == ("onnxruntime", "int8")
+    x = calibration[:8]
+    with torch.no_grad():
+        ref = model(x)
+    got = engine(x)
+    assert got.shape == ref.shape
+    assert _rel(got, ref) < 0.1
+    assert float(torch.corrcoef(torch.stack([got.flatten(), ref.flatten()]))[0, 1]) > 0.99
+    assert engine.cache_files[-1].name.endswith(".int8.onnx")
+
+
+def test_int8_calibration_too_few(tmp_path):
+    from inceptionv3.inference import calibration_images
+    from inceptionv3.weights import load_model, save_model
+
+    model = _model("inception_mini")
+    with pytest.raises(ValueError, match=f"int8 needs calibration images: pass at least {MIN_CALIBRATION_IMAGES}"):
+        build_engine(model, precision="int8", backend="auto")
+    with pytest.raises(ValueError, match=f"3 images; at least {MIN_CALIBRATION_IMAGES} are needed"):
+        build_engine(model, precision="int8", backend="auto", calibration=torch.randn(3, 3, 48, 48))
+    # from a folder, as the CLI's --calibration DIR reads it
+    weights = tmp_path / "m.safetensors"
+    save_model(model, weights, class_names=list("abcde"), preprocess=Preprocess(input_size=48, resize_size=48))
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ValueError, match=f"--calibration .*calib: 3 usable images.*at least {MIN_CALIBRATION_IMAGES}"):
+        calibration_images(load_model(weights), [folder], workers=0)
+
+
+def test_predict_cli_precision_flags(tmp_path, capsys):
+    from inceptionv3.cli import main
+    from inceptionv3.weights import save_model
+
+    model = _model("inception_v3")
+    weights = tmp_path / "m.safetensors"
+    save_model(model, weights, class_names=list("abcde"), preprocess=Preprocess(input_size=75, resize_size=75))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    results = {}
+    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+        code = main(["predict", str(folder), "--weights", str(weights), "--format", "json", "--workers", "0",
+                     "--precision", precision, "--backend", "torch", "--no-progress"])
+        assert code == 0
+        results[precision] = json.loads(capsys.readouterr().out)
+    assert len(results["fp32"]) == 4 and all("predictions" in r for r in results["fp32"])
+    code = main(["predict", str(folder), "--weights", str(weights), "--precision", "int8",
+                 "--calibration", str(folder), "--workers", "0", "--no-progress"])
+    assert code == 2
+    assert f"at least {MIN_CALIBRATION_IMAGES}" in capsys.readouterr().err
+
+
+def test_openvino_equals_torch():
+    pytest.importorskip("openvino")
+    model = _model("inception_mini")
+    x = torch.randn(2, 3, 75, 75)
+    with torch.no_grad():
+        ref = model(x)
+    assert _rel(build_engine(model, backend="openvino")(x), ref) < 1e-4
+
+
+def test_features_and_evaluate_run_the_engine(tmp_path):
+    from inceptionv3.evaluate import evaluate, evaluate_model
+    from inceptionv3.features import extract_features
+    from inceptionv3.weights import load_model, save_model
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("inception_mini", num_classes=10)).eval()
+    weights = save_model(model, tmp_path / "m.safetensors", class_names=[str(d) for d in range(10)],
+                         preprocess=Preprocess(input_size=32, resize_size=32))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+    # features: the fp32 engine equals the plain model's pooled features; bf16 stays close
+    plain = load_model(weights)
+    from inceptionv3.transforms import eval_transform, load_image
+    x = torch.stack([eval_transform(plain.meta.preprocess)(load_image(p)) for p in sorted(folder.iterdir())])
+    with torch.no_grad():
+        want = _pool(plain, x)
+    fp32 = extract_features([folder], weights=weights, workers=0, device="cpu", backend="torch")
+    assert _rel(torch.from_numpy(fp32.features), want) < 1e-5
+    if native_bf16("cpu"):
+        bf16 = extract_features([folder], weights=weights, workers=0, device="cpu", precision="bf16")
+        assert 0 < _rel(torch.from_numpy(bf16.features), want) < 0.05
+
+    # evaluate: the engine's counts equal the plain model's on the same loader
+    from inceptionv3 import data as data_mod
+    dataset = data_mod.load_labeled("digits", "val", eval_transform(plain.meta.preprocess), mode="RGB")
+    loader = data_mod.labeled_loader(dataset, batch_size=150, shuffle=False, workers=0)
+    ref = evaluate_model(plain, loader, 10)
+    got = evaluate("digits", str(weights), batch_size=150, workers=0, device="cpu", backend="torch")
+    assert "| torch fp32 on cpu |" in got["engine"]
+    np.testing.assert_array_equal(got["confusion"], ref["confusion"])
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="int8 needs calibration"):
+        evaluate("digits", str(weights), workers=0, device="cpu", precision="int8")
