@@ -105,7 +105,8 @@ def test_unavailable_precision_and_backend_messages(monkeypatch):
     with pytest.raises(ValueError, match=r"no native bf16.*--precision fp32"):
         build_engine(model, precision="bf16")
     assert accel.resolve_precision("auto", "cpu") == "fp32"
-    with pytest.raises(ValueError, match=r"int8 is not available on the torch backend; use --backend onnxruntime"):
+    want = "openvino" if accel._installed("openvino") else "onnxruntime"
+    with pytest.raises(ValueError, match=f"int8 is not available on the torch backend; use --backend {want}"):
         build_engine(model, precision="int8", backend="torch", calibration=torch.randn(40, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown precision"):
         build_engine(model, precision="fp8")
@@ -122,8 +123,13 @@ def test_auto_backend_policy(monkeypatch):
     big = accel.AUTO_EXPORT_MIN_IMAGES
     assert resolve("auto", "fp32", "cpu", "logits", images=big - 1) == "torch"   # export would not pay off
     assert resolve("auto", "fp32", "cpu", "Mixed_6e", images=big) == "torch"     # tap: torch only
-    assert resolve("auto", "int8", "cpu", "logits") == "onnxruntime"
+    monkeypatch.setattr(accel, "_installed", lambda b: True)
+    assert resolve("auto", "int8", "cpu", "logits") == "openvino"                # int8 kernels 3-4x ORT's
+    monkeypatch.setattr(accel, "_installed", lambda b: b != "onnxruntime")
+    with pytest.raises(ValueError, match="int8 on OpenVINO is quantized with ONNX Runtime's quantizer"):
+        resolve("openvino", "int8", "cpu", "logits")
     monkeypatch.setattr(accel, "_installed", lambda b: b in ("torch", "onnxruntime"))
+    assert resolve("auto", "int8", "cpu", "logits") == "onnxruntime"
     assert resolve("auto", "fp32", "cpu", "pool", images=big) == "onnxruntime"
     assert resolve("auto", "bf16", "cpu", "pool", images=big) == "torch"         # ONNX Runtime has no bf16 here
     monkeypatch.setattr(accel, "_installed", lambda b: True)
@@ -157,12 +163,15 @@ def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
         build_engine(other, output="pool", backend="onnxruntime")(x)
 
 
-def test_int8_runs_and_stays_close_on_calibrated_input():
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_runs_and_stays_close_on_calibrated_input(backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     model = _model("inception_mini")
     g = torch.Generator().manual_seed(1)
     calibration = torch.randn(MIN_CALIBRATION_IMAGES, 3, 48, 48, generator=g)
-    engine = build_engine(model, precision="int8", backend="auto", calibration=calibration)
-    assert (engine.backend, engine.precision) == ("onnxruntime", "int8")
+    engine = build_engine(model, precision="int8", backend=backend, calibration=calibration)
+    assert (engine.backend, engine.precision) == (backend, "int8")
     x = calibration[:8]
     with torch.no_grad():
         ref = model(x)
@@ -221,10 +230,23 @@ def test_predict_cli_precision_flags(tmp_path, capsys):
 def test_openvino_equals_torch():
     pytest.importorskip("openvino")
     model = _model("inception_mini")
-    x = torch.randn(2, 3, 75, 75)
+    x = torch.randn(5, 3, 75, 75)
     with torch.no_grad():
         ref = model(x)
-    assert _rel(build_engine(model, backend="openvino")(x), ref) < 1e-4
+    engine = build_engine(model, backend="openvino")
+    assert "openvino fp32" in engine.describe()
+    assert _rel(engine(x[:2]), ref[:2]) < 1e-4
+    # Two threads: one stream each, the batch split in equal parts; 5 images are padded to 2 x 3, 1 image
+    # runs alone. Outputs come back in input order, padding dropped.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = build_engine(model, backend="openvino")
+        for n in (5, 1, 4):
+            got = engine(x[:n])
+            assert got.shape == (n, 5) and _rel(got, ref[:n]) < 1e-4
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_features_and_evaluate_run_the_engine(tmp_path):
