@@ -7,7 +7,7 @@ is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The
 and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
 and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
 
-``build_engine`` wraps the fused graph for one output (logits, pooled features or a tap) at one
+``build_engine`` wraps the model for one output (logits, pooled features or a tap) at one
 precision on one backend:
 
 | backend     | fp32                   | bf16                          | int8                              |
@@ -318,8 +318,8 @@ class _Head(nn.Module):
 class Engine:
     """``engine(images) -> float32 CPU tensor`` for preprocessed N x C x H x W images.
 
-    Attributes: ``precision``, ``backend``, ``output``, ``device``; ``module`` is the fused torch graph
-    (the torch backend runs it; the others exported it). ``describe()`` is one line for logs.
+    Attributes: ``precision``, ``backend``, ``output``, ``device``; ``module`` is the torch graph: fused
+    for the torch backend, which runs it; BN-folded for the others, which run its ONNX export. ``describe()`` is one line for logs.
     """
 
     def __init__(self, module: nn.Module, output: str, precision: str, backend: str, device: torch.device,
