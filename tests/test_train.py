@@ -281,6 +281,19 @@ def test_recipes_fill_defaults_and_flags_win():
     assert probe.freeze_until == "all"
 
 
+def test_paper_recipe_says_when_its_scaled_lr_is_small(tmp_path, caplog):
+    def messages(**kw) -> list[str]:
+        caplog.clear()
+        cfg = TrainConfig(data=str(tmp_path / "missing"), recipe="paper", batch_size=32, out=str(tmp_path), **kw)
+        with caplog.at_level(logging.INFO, logger="inceptionv3"), pytest.raises(Exception):
+            train(cfg, progress=False)          # the folder is missing: the run stops after the note
+        return [r.getMessage() for r in caplog.records if "recipe paper" in r.getMessage()]
+
+    assert messages() == ["recipe paper: lr 0.045 x 32 / 1600 = 0.0009 (scaled to the global batch); on a "
+                          "small dataset this learns slowly: --lr 0.045 is the paper's rate for a batch of 32"]
+    assert messages(lr=0.045) == []                                       # an explicit --lr: nothing to say
+
+
 def test_paper_optimizer_and_step_schedule():
     model = build_model("inception_mini", num_classes=10)
     cfg = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=1600, epochs=6))
