@@ -319,7 +319,8 @@ class Engine:
     """``engine(images) -> float32 CPU tensor`` for preprocessed N x C x H x W images.
 
     Attributes: ``precision``, ``backend``, ``output``, ``device``; ``module`` is the torch graph: fused
-    for the torch backend, which runs it; BN-folded for the others, which run its ONNX export. ``describe()`` is one line for logs.
+    for the torch backend, which runs it; BN-folded for the others, which run its ONNX export.
+    ``describe()`` is one line for logs.
     """
 
     def __init__(self, module: nn.Module, output: str, precision: str, backend: str, device: torch.device,

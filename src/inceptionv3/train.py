@@ -1035,9 +1035,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     env = dist_mod.env_from_environ()
     if cfg.recipe == "paper" and cfg.lr != given.lr and cfg.batch_size < 256 and env.rank == 0:
         # Measured on the digits: 9e-4 (batch 32) reaches 57% in 30 epochs, 0.045 reaches 99% in 8.
-        logger.info("recipe paper: lr 0.045 x %d / %d = %.2g (scaled to the global batch); on a small "
-                    "dataset this learns slowly: --lr 0.045 is the paper's rate for a batch of 32",
-                    cfg.batch_size, PAPER_BATCH, cfg.lr)
+        logger.info("recipe paper: lr %g x %d / %d = %.2g (scaled to the global batch); on a small "
+                    "dataset this learns slowly: --lr %g is the paper's rate for a batch of 32",
+                    PAPER_LR, cfg.batch_size, PAPER_BATCH, cfg.lr, PAPER_LR)
     device = dist_mod.local_device(device, env)
     owns_group = env.distributed and not (
         torch.distributed.is_available() and torch.distributed.is_initialized())
