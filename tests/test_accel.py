@@ -58,6 +58,25 @@ def test_fused_graph_equals_model(arch, config, size):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("config", [{}, {"count_include_pad": False, "last_pool": "max"}])
+def test_pools_after_convs_equal_model(config):
+    # The exported backends' graph: branches kept apart, each 3x3 average pool moved after its 1x1 conv.
+    model = _model("inception_v3", **config)
+    fused = fuse_for_inference(model, siblings=False)
+    pooled = [m for m in fused.modules() if isinstance(m, accel._PooledConv)]
+    # 3 A + 4 C + 2 E blocks; the FID graph's last E block max-pools, which does not commute with a conv
+    assert len(pooled) == (8 if config else 9)
+    assert all(p.conv.out_channels < p.conv.in_channels for p in pooled)   # pooling the narrow side
+    n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
+    assert n_convs(fused) == n_convs(model)
+    x = torch.randn(2, 3, 107, 107)
+    with torch.no_grad():
+        assert _rel(fused(x), model(x)) < 1e-4
+        assert _rel(_pool(fused, x), _pool(model, x)) < 1e-4
+    plain = fuse_for_inference(model, siblings=False, pool_after_conv=False)
+    assert not any(isinstance(m, accel._PooledConv) for m in plain.modules())
+
+
 def test_torch_engine_outputs_and_taps():
     model = _model("inception_v3")
     x = torch.randn(3, 3, 75, 75)
@@ -247,6 +266,19 @@ def test_openvino_equals_torch():
             assert got.shape == (n, 5) and _rel(got, ref[:n]) < 1e-4
     finally:
         torch.set_num_threads(threads)
+
+
+def test_openvino_runs_pools_after_convs():
+    pytest.importorskip("openvino")
+    model = _model("inception_v3")
+    x = torch.randn(2, 3, 75, 75)
+    with torch.no_grad():
+        ref = model(x)
+    engine = build_engine(model, backend="openvino")
+    assert "avg pools after 1x1 convs" in engine.describe()
+    assert _rel(engine(x), ref) < 1e-4
+    # ONNX Runtime fp32 keeps the plain BN-folded graph (it ran the moved pools slower)
+    assert "avg pools" not in build_engine(model, backend="onnxruntime").describe()
 
 
 def test_features_and_evaluate_run_the_engine(tmp_path):
