@@ -120,7 +120,7 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_two_process_commands_equal_one_process(tmp_path):
     """`torchrun -m inceptionv3 features` and `evaluate`: each rank takes a shard; the merged output is in
-    input order and equal to one process's."""
+    input order and equal to one process's, also when resuming from rows an interrupted run kept."""
     from PIL import Image
 
     from inceptionv3.evaluate import evaluate
@@ -139,9 +139,27 @@ def test_two_process_commands_equal_one_process(tmp_path):
     torch.manual_seed(0)
     weights = save_model(build_model("inception_mini", num_classes=2), tmp_path / "mini.safetensors",
                          class_names=["a", "b"], preprocess=Preprocess(input_size=32, resize_size=36))
+    # A one-process run that crashed after two batches left rows in out.npz.partial; the two ranks
+    # resume from them and compute the other half only.
+    from inceptionv3 import features as features_mod
+    from inceptionv3 import inference
+    real_run = inference.run
+
+    def crash(*args, **kwargs):
+        for n, step in enumerate(real_run(*args, **kwargs)):
+            if n == 2:
+                raise RuntimeError("power cut")
+            yield step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "run", crash)
+        mp.setattr(features_mod, "FLUSH_ROWS", 2)
+        with pytest.raises(RuntimeError, match="power cut"):
+            extract_features([folder], weights=weights, batch_size=2, workers=0, device="cpu",
+                             resume=tmp_path / "out.npz.partial")
     feats = _torchrun(["features", str(folder), "--weights", str(weights), "--out", "out.npz",
                        "--batch-size", "2", "--workers", "0", "--device", "cpu"], tmp_path)
     assert feats.returncode == 1 and feats.stdout.count("wrote 7 x") == 1   # rank 0 writes, once
+    assert "4 images done, 4 to go" in feats.stderr and not (tmp_path / "out.npz.partial").exists()
     merged = np.load(tmp_path / "out.npz")
     single = extract_features([folder], weights=weights, batch_size=4, workers=0, device="cpu")
     assert merged["paths"].tolist() == single.paths and len(single.paths) == 7

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -121,16 +122,36 @@ def cmd_predict(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from .features import extract_features, save_features
+    import signal
+
     from .distributed import env_from_environ, teardown
-    result = extract_features(args.paths, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, progress=_progress(args),
-                              arch=args.arch, precision=args.precision, backend=args.backend,
-                              calibration=args.calibration)
+    from .features import FEATURE_FORMATS, discard_partial, extract_features, partial_folder, save_features
+
+    if Path(args.out).suffix.lower() not in FEATURE_FORMATS:    # before the run, not after it
+        raise CommandError(f"--out {args.out}: unknown format {Path(args.out).suffix!r}; "
+                           f"use one of {', '.join(FEATURE_FORMATS)}")
+    partial = partial_folder(args.out)
+
+    def stop(signum: int, frame) -> None:    # SIGTERM as Ctrl-C: the finished rows are saved on the way out
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        result = extract_features(args.paths, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
+                                  workers=args.workers, device=args.device, progress=_progress(args),
+                                  arch=args.arch, precision=args.precision, backend=args.backend,
+                                  calibration=args.calibration, resume=partial, restart=args.restart)
+    except KeyboardInterrupt:
+        print(f"inceptionv3 features: stopped; the finished images are kept in {partial}: run the same "
+              "command again to continue (--restart to start over)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     teardown()
     if not env_from_environ().is_main:   # under torchrun rank 0 holds the merged result and writes it
         return EXIT_OK
     out = save_features(result, args.out)
+    discard_partial(partial)
     n, d = result.features.shape
     print(f"wrote {n} x {d} features ({args.layer}) to {out}")
     for path, why in result.failures:
@@ -346,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file: .npy, .npz or .safetensors")
     p.add_argument("--layer", default="pool", choices=list(TAPS),
                    help="tap to read (spatial taps are averaged over space; default pool, 2048-d)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the finished images an interrupted run kept in OUT.partial and start over")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("info", help="parameters, multiply-adds and block shapes",
