@@ -285,7 +285,7 @@ def test_paper_recipe_says_when_its_scaled_lr_is_small(tmp_path, caplog):
     def messages(**kw) -> list[str]:
         caplog.clear()
         cfg = TrainConfig(data=str(tmp_path / "missing"), recipe="paper", batch_size=32, out=str(tmp_path), **kw)
-        with caplog.at_level(logging.INFO, logger="inceptionv3"), pytest.raises(Exception):
+        with caplog.at_level(logging.INFO, logger="inceptionv3"), pytest.raises(ValueError, match="no such folder"):
             train(cfg, progress=False)          # the folder is missing: the run stops after the note
         return [r.getMessage() for r in caplog.records if "recipe paper" in r.getMessage()]
 
