@@ -613,9 +613,10 @@ def build_engine(model: nn.Module, *, output: str = "logits", precision: str = "
     # ONNX Runtime and OpenVINO fuse branches their own way; the merged 1x1 convs and the split after
     # them made both 4-10% slower at batch 16 (measured side by side), so they get the BN-folded graph,
     # with the average pools moved after their 1x1 convs where that was faster in paired runs and agreed
-    # with fp32: OpenVINO fp32/bf16 +1-5%, ONNX Runtime int8 +32% at batch 16. ONNX Runtime fp32 lost 4%
-    # (it fuses a conv with its ReLU, not a pool + bias + ReLU); OpenVINO's int8 kernels ran the moved
-    # pools' quantized graph wrongly (79% top-1 agreement on the digits); both keep the plain graph.
+    # with fp32 (benchmarks/bench_moved_pools.py): OpenVINO fp32/bf16 +1-6%, ONNX Runtime int8 +7-38%.
+    # ONNX Runtime fp32 lost 2-4% at batch 16 (it fuses a conv with its ReLU, not a pool + bias + ReLU);
+    # OpenVINO's int8 kernels ran the moved pools' quantized graph wrongly (79% top-1 agreement on the
+    # digits); both keep the plain graph.
     moved = (backend, precision) in {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8")}
     fused = fuse_for_inference(model, siblings=backend == "torch", pool_after_conv=moved)
     if backend == "torch":
