@@ -81,7 +81,8 @@ def main() -> None:
                 if (name, graph) not in files:
                     files[name, graph] = Path(tmp) / f"{name}.int8.onnx"
                     _quantize_int8(files[name, "fp32"], files[name, graph], calibration)
-            make = (lambda f: _ort_session(f)) if backend == "onnxruntime" else (lambda f: _openvino_session(f, precision))
+            def make(f: Path, backend=backend, precision=precision):
+                return _ort_session(f) if backend == "onnxruntime" else _openvino_session(f, precision)
             plain, moved = make(files["plain", graph]), make(files["moved", graph])
             for batch in map(int, args.batch_size.split(",")):
                 xb = np.ascontiguousarray(x[:batch].numpy())

@@ -3,7 +3,6 @@ unavailable choices and short calibration sets fail with one clear message; expo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from .model import TAPS, BasicConv2d, InceptionA, InceptionC, InceptionD, InceptionE, InceptionModule
 
-__all__ = ["PRECISIONS", "BACKENDS", "MIN_CALIBRATION_IMAGES", "AUTO_EXPORT_MIN_IMAGES", "fuse_for_inference", "native_bf16",
-           "resolve_precision", "resolve_backend", "build_engine", "Engine"]
+__all__ = ["PRECISIONS", "BACKENDS", "MIN_CALIBRATION_IMAGES", "AUTO_EXPORT_MIN_IMAGES", "fuse_for_inference",
+           "native_bf16", "resolve_precision", "resolve_backend", "build_engine", "Engine"]
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,10 @@ def resolve_backend(backend: str, precision: str = "fp32", device: str | torch.d
     """'auto' -> the fastest installed backend for this precision and output (measured; see README).
 
     int8 runs on OpenVINO where it and ONNX Runtime (its quantizer) are installed: 3-4x faster than
-    ONNX Runtime's int8 kernels here; else on ONNX Runtime. fp32 and bf16 run on OpenVINO (then ONNX Runtime, fp32 only) when the
-    job has at least ``AUTO_EXPORT_MIN_IMAGES`` images: they beat oneDNN-in-torch here, and far more
-    so when another process shares the cores, but the first run pays a one-time export (~30 s at 299 px).
+    ONNX Runtime's int8 kernels here; else on ONNX Runtime. fp32 and bf16 run on OpenVINO (then ONNX
+    Runtime, fp32 only) when the job has at least ``AUTO_EXPORT_MIN_IMAGES`` images: they beat
+    oneDNN-in-torch here, and far more so when another process shares the cores, but the first run pays
+    a one-time export (5-10 s at 299 px on a quiet machine, more under load).
     Smaller jobs, GPUs, taps other than logits/pool, and ``images=None`` stay on torch.
     A named backend whose package is missing raises ValueError with the pip command and the nearest
     available backend.
@@ -538,7 +539,8 @@ def _openvino_session(path: Path, precision: str) -> Callable[[np.ndarray], np.n
     core = ov.Core()
     threads = torch.get_num_threads()
     # int8: the QDQ graph's quantized convs run int8; OpenVINO picks the precision of the rest (bf16 on AMX)
-    hint = {"bf16": {"INFERENCE_PRECISION_HINT": "bf16"}, "fp32": {"INFERENCE_PRECISION_HINT": "f32"}}.get(precision, {})
+    hint = {"bf16": {"INFERENCE_PRECISION_HINT": "bf16"},
+            "fp32": {"INFERENCE_PRECISION_HINT": "f32"}}.get(precision, {})
     def request(shape: tuple[int, ...], streams: int):
         # one stream: a plain synchronous request (the queue's bookkeeping cost 3% at batch 1)
         key = (str(path), shape, streams, threads, precision)
