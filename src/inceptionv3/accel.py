@@ -452,12 +452,12 @@ class Engine:
 def _digest(module: nn.Module, shape: tuple[int, int, int], output: str, precision: str,
             calibration: torch.Tensor | None) -> dict[str, str]:
     """Cache keys: the fp32 graph (weights, shape, output, exporter) and the int8 one (+ calibration)."""
+    from .weights import state_dict_digest
+
     h = hashlib.sha256()
     h.update(json.dumps([getattr(module, "arch", ""), getattr(module, "config", {}), list(shape), output,
                          torch.__version__, 1]).encode())
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    h.update(state_dict_digest(module).encode())
     keys = {"fp32": h.hexdigest()[:32]}
     if precision == "int8" and calibration is not None:
         h.update(np.ascontiguousarray(calibration.float().numpy()).tobytes())

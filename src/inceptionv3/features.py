@@ -23,7 +23,7 @@ from .fileio import atomic_path, write_text_atomic
 from .model import TAPS
 from .runtime import resolve_device
 from .transforms import expand_paths
-from .weights import load_model
+from .weights import load_model, state_dict_digest
 
 FEATURE_FORMATS = (".npy", ".npz", ".safetensors")
 # Finished rows go to the resume folder at least every FLUSH_ROWS images or FLUSH_SECONDS, whichever
@@ -135,9 +135,7 @@ def _job(model: nn.Module, paths: Sequence[Path], layer: str, precision: str) ->
     h = hashlib.sha256(json.dumps([[str(p) for p in paths], layer, precision,
                                    getattr(model, "arch", ""), getattr(model, "config", {})],
                                   default=str).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().cpu().numpy().tobytes())
+    h.update(state_dict_digest(model).encode())
     return h.hexdigest()
 
 

@@ -18,7 +18,6 @@ into the convolutions. Statistics accumulate in float64 in O(dims^2) memory and 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -155,14 +154,6 @@ class ImageTransform:
 # ---------------------------------------------------------------------------------------------- network
 
 
-def _state_dict_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return "state_dict:" + h.hexdigest()
-
-
 def load_metric_model(weights: str | PathLike | nn.Module = "fid") -> nn.Module:
     """The metric network: a registry name (default ``fid``), a weights file, or a model as is.
 
@@ -213,9 +204,11 @@ class FeatureNet:
         model = load_metric_model(weights)
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"{type(model).__name__} has no feature taps (forward_intermediates)")
+        from .weights import state_dict_digest
+
         meta = getattr(model, "meta", None)
         self.weights_source = str(getattr(meta, "source", None) or type(model).__name__)
-        self.weights_sha256 = getattr(meta, "sha256", None) or _state_dict_digest(model)
+        self.weights_sha256 = getattr(meta, "sha256", None) or "state_dict:" + state_dict_digest(model)
         self.num_classes = int(getattr(model, "num_classes", 0))
         if isinstance(weights, nn.Module):
             model = copy.deepcopy(model)       # the caller's model stays as it was

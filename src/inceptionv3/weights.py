@@ -213,6 +213,17 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
+def state_dict_digest(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names and values, sorted by name): the identity of weights held in
+    memory, for caches and saved results that must not be mixed across weights."""
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())   # numpy has no bf16
+    return h.hexdigest()
+
+
 def _sha_matches(expected: str, digest: str) -> bool:
     # A published prefix (e.g. the 8 hex digits in torchvision's file names) verifies only that prefix.
     return bool(expected) and digest.startswith(expected.lower())
