@@ -20,9 +20,10 @@ import json
 import time
 from pathlib import Path
 
-from inceptionv3.data import digits_split
-from inceptionv3.fileio import write_text_atomic
-from inceptionv3.train import TrainConfig, train
+from inceptionv3.data.datasets import digits_split
+from inceptionv3.runtime.files import write_text_atomic
+from inceptionv3.training.config import TrainConfig
+from inceptionv3.training.run import train
 
 TARGETS = {"demo": 98.0, "finetune": 98.0, "probe": 97.0, "paper": 98.0}
 

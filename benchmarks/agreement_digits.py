@@ -15,10 +15,12 @@ import sys
 
 import torch
 
-from inceptionv3 import accel, load_model
-from inceptionv3.data import labeled_loader, load_labeled
-from inceptionv3.fileio import write_text_atomic
-from inceptionv3.transforms import eval_transform
+from inceptionv3 import load_model
+from inceptionv3.data.datasets import load_labeled
+from inceptionv3.data.loaders import labeled_loader
+from inceptionv3.data.transforms import eval_transform
+from inceptionv3.engine import engine as engine_mod
+from inceptionv3.runtime.files import write_text_atomic
 
 PAIRS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
          ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backend, precision in PAIRS:
         try:
-            engine = accel.build_engine(model, precision=precision, backend=backend,
+            engine = engine_mod.build_engine(model, precision=precision, backend=backend,
                                         calibration=calibration if precision == "int8" else None)
             pred = torch.cat([engine(b) for b in x.split(64)]).argmax(1)
         except ValueError as e:   # not installed or not available on this machine

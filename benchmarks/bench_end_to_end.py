@@ -30,16 +30,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_fid import _PYTORCH_FID, random_fid_state_dict, write_images
-from inceptionv3 import bench
-from inceptionv3.data import default_workers
-from inceptionv3.features import extract_features, save_features
-from inceptionv3.fileio import write_text_atomic
-from inceptionv3.model import inception_v3
-from inceptionv3.runtime import available_cores
-from inceptionv3.transforms import list_images
-from inceptionv3.weights import get_entry, load_model, save_model
+
+from inceptionv3.bench import harness
+from inceptionv3.data.loaders import default_workers
+from inceptionv3.data.paths import list_images
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.runtime.files import write_text_atomic
+from inceptionv3.runtime.threads import available_cores
+from inceptionv3.tasks.features import extract_features, save_features
+from inceptionv3.weights.io import save_model
+from inceptionv3.weights.load import load_model
+from inceptionv3.weights.registry import get_entry
 
 
 def median_rate(fn, x: torch.Tensor, repeats: int, warmup: int = 2) -> float:
@@ -94,7 +96,7 @@ def ours(args, folder: Path, files: list[Path], model_file: Path, out_dir: Path)
 
     e2e = marginal(run, files, args.batch_size)   # first, so model-only runs with the threads it set
 
-    from inceptionv3.accel import build_engine
+    from inceptionv3.engine.engine import build_engine
     engine = build_engine(model, output="pool", precision=kwargs.get("precision", "fp32"),
                           backend=kwargs.get("backend", "torch"), device="cpu", batch_size=args.batch_size)
     size = model.meta.preprocess.input_size
@@ -166,7 +168,7 @@ def main() -> None:
         write_images(folder, args.images, args.size, seed=1)
         files = list_images(folder)
         net = inception_v3(aux_logits=False, init_weights=False)
-        bench.random_state(net, 0)
+        harness.random_state(net, 0)
         model_file = save_model(net.eval(), tmp / "random.safetensors",
                                 preprocess=get_entry("imagenet").preprocess)
         threads_before = torch.get_num_threads()
@@ -178,7 +180,7 @@ def main() -> None:
     e2e, e2e_fid = mine["end_to_end"]["img_per_s"], theirs["end_to_end"]["img_per_s"]
     results = {
         "images": args.images, "size": args.size, "batch_size": args.batch_size, "cores": available_cores(),
-        "cpu": bench.cpu_info(), "versions": bench.versions(),
+        "cpu": harness.cpu_info(), "versions": harness.versions(),
         "decode_workers": default_workers() if args.workers is None else args.workers,
         "ours": mine, "pytorch_fid": theirs, "cli": walls,
         "e2e_over_model_only": e2e / mine["model_only_img_per_s"],

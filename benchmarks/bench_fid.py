@@ -40,7 +40,7 @@ main()
 def random_fid_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """FID-graph weights with O(1) activations: He-scaled convs, random batch-norm statistics."""
     from inceptionv3.metrics import FID_NET_CONFIG
-    from inceptionv3.model import InceptionV3
+    from inceptionv3.models.inception import InceptionV3
 
     model = InceptionV3(num_classes=1008, init_weights=False, **FID_NET_CONFIG)
     g = torch.Generator().manual_seed(seed)

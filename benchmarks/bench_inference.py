@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from inceptionv3.cli import main
+from inceptionv3.cli.main import main
 
 README_TABLE = ["bench", "--batch-size", "16,1", "--repeats", "5", "--latency-repeats", "50",
                 "--json", "runs/bench.json"]

@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inceptionv3 import bench
-from inceptionv3.accel import _export_onnx, _Head, _openvino_session, _ort_session, _quantize_int8, fuse_for_inference
-from inceptionv3.fileio import write_text_atomic
-from inceptionv3.model import inception_v3
+from inceptionv3.bench import harness
+from inceptionv3.engine.backends import export_onnx as _export_onnx
+from inceptionv3.engine.backends import openvino_session as _openvino_session
+from inceptionv3.engine.backends import ort_session as _ort_session
+from inceptionv3.engine.backends import quantize_int8 as _quantize_int8
+from inceptionv3.engine.engine import _Head
+from inceptionv3.engine.fuse import fuse_for_inference
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.runtime.files import write_text_atomic
 
 RUNS = [("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "fp32"),
         ("onnxruntime", "int8")]
@@ -59,7 +64,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     net = inception_v3(aux_logits=False, init_weights=False)
-    bench.random_state(net, 0)
+    harness.random_state(net, 0)
     net.eval()
     graphs = {"plain": fuse_for_inference(net, siblings=False, pool_after_conv=False),
               "moved": fuse_for_inference(net, siblings=False, pool_after_conv=True)}
@@ -73,7 +78,7 @@ def main() -> None:
             _export_onnx(_Head(g, "logits").eval(), (3, 299, 299), files[name, "fp32"])
         print(f"{torch.get_num_threads()} threads, 299 px; ratio = plain time / moved time, median of rounds")
         for backend, precision in (r.split(":") for r in args.runs.split(",")):
-            if not bench.have(backend):
+            if not harness.have(backend):
                 print(f"  {backend}: not installed, skipped")
                 continue
             graph = "int8" if precision == "int8" else "fp32"     # bf16 is OpenVINO's hint on the fp32 file
@@ -91,7 +96,7 @@ def main() -> None:
                 print(f"  {backend:<12}{precision:<6} batch {batch:>2}: plain {r['plain_img_per_s']:7.1f} img/s, "
                       f"moved {r['moved_img_per_s']:7.1f} img/s, paired ratio x{r['ratio']:.3f}")
     if args.json:
-        write_text_atomic(args.json, json.dumps({"load_average": bench._load(), "results": results}, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps({"load_average": harness._load(), "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -78,8 +78,11 @@ class OurStep:
     """One step of `train_one_epoch` (what `inceptionv3 train` runs) on the default settings' network."""
 
     def __init__(self, variant: str, size: int, batch: int) -> None:
-        from inceptionv3.model import build_model
-        from inceptionv3.train import TrainConfig, build_optimizer, prepare_model, resolve_amp
+        from inceptionv3.models.builder import build_model
+        from inceptionv3.training.config import TrainConfig
+        from inceptionv3.training.loop import resolve_amp
+        from inceptionv3.training.optim import build_optimizer
+        from inceptionv3.training.setup import prepare_model
 
         extra = {"ours+ckpt": {"grad_checkpointing": True},
                  "ours-fp32": {"amp": "off", "channels_last": False}}.get(variant, {})
@@ -95,7 +98,7 @@ class OurStep:
                          "grad_checkpointing": self.cfg.grad_checkpointing}
 
     def __call__(self, batch) -> None:
-        from inceptionv3.train import train_one_epoch
+        from inceptionv3.training.loop import train_one_epoch
 
         train_one_epoch(self.net, [batch], self.optimizer, self.scheduler, self.cfg, self.device,
                         progress=False)
@@ -183,7 +186,7 @@ def main() -> None:
               f"{r['img_per_s']:>8.2f}{r['speedup_vs_torchvision']:>7.2f}x{r['best_img_per_s']:>7.2f}"
               f"{r['best_speedup_vs_torchvision']:>7.2f}x{r['peak_rss_mb']:>9.0f}{r['peak_above_start_mb']:>8.0f}")
     if args.json:
-        from inceptionv3.fileio import write_text_atomic
+        from inceptionv3.runtime.files import write_text_atomic
 
         meta = {"size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                 "threads": torch.get_num_threads(), "torch": torch.__version__, "device": "cpu",

@@ -17,15 +17,14 @@ import torch
 
 torch.set_num_threads(1)
 
-import importlib
 
-train_mod = importlib.import_module("inceptionv3.train")  # the module; the package exports the function
+from inceptionv3.training import config, loop, run
 
 
 def main() -> int:
-    cfg = train_mod.TrainConfig.from_dict(json.loads(sys.argv[1]))
+    cfg = config.TrainConfig.from_dict(json.loads(sys.argv[1]))
     at, action, marker = int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    real = train_mod.compute_loss
+    real = loop.compute_loss
     calls = {"n": 0}
 
     def compute_loss(*args, **kwargs):
@@ -41,9 +40,9 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    train_mod.compute_loss = compute_loss
+    loop.compute_loss = compute_loss
     try:
-        train_mod.train(cfg, progress=False)
+        run.train(cfg, progress=False)
     except KeyboardInterrupt as e:
         print(e, file=sys.stderr)
         return 130

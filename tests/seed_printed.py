@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 class InceptionModule(nn.Module):
     def __init__(self, in_channels, out1x1, out3x3red, out3x3, out5x5red, out5x5, out_pool):
         super(InceptionModule, self).__init__()

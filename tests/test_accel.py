@@ -7,12 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from PIL import Image
 
-from conftest import randomize_bn
-from inceptionv3 import accel, build_model
-from inceptionv3.accel import MIN_CALIBRATION_IMAGES, build_engine, fuse_for_inference, native_bf16
-from inceptionv3.transforms import Preprocess
+from inceptionv3 import build_model
+from inceptionv3.engine import engine as engine_mod
+from inceptionv3.engine import fuse, options, resolve
+from inceptionv3.engine.engine import build_engine
+from inceptionv3.engine.fuse import fuse_for_inference
+from inceptionv3.engine.options import MIN_CALIBRATION_IMAGES
+from inceptionv3.engine.resolve import native_bf16
+from inceptionv3.weights.preprocess import Preprocess
 
 pytest.importorskip("onnxruntime")
 
@@ -62,7 +67,7 @@ def test_pools_after_convs_equal_model(config):
     # The exported backends' graph: branches kept apart, each 3x3 average pool moved after its 1x1 conv.
     model = _model("inception_v3", **config)
     fused = fuse_for_inference(model, siblings=False)
-    pooled = [m for m in fused.modules() if isinstance(m, accel._PooledConv)]
+    pooled = [m for m in fused.modules() if isinstance(m, fuse.PooledConv)]
     # 3 A + 4 C + 2 E blocks; the FID graph's last E block max-pools, which does not commute with a conv
     assert len(pooled) == (8 if config else 9)
     assert all(p.conv.out_channels < p.conv.in_channels for p in pooled)   # pooling the narrow side
@@ -73,7 +78,7 @@ def test_pools_after_convs_equal_model(config):
         assert _rel(fused(x), model(x)) < 1e-4
         assert _rel(_pool(fused, x), _pool(model, x)) < 1e-4
     plain = fuse_for_inference(model, siblings=False, pool_after_conv=False)
-    assert not any(isinstance(m, accel._PooledConv) for m in plain.modules())
+    assert not any(isinstance(m, fuse.PooledConv) for m in plain.modules())
 
 
 def test_torch_engine_outputs_and_taps():
@@ -114,44 +119,44 @@ def test_bf16_close_and_agrees_on_clear_cases():
     clear = (top2[:, 0] - top2[:, 1]) > 0.1 * ref.abs().max()   # margins far above bf16's rounding
     assert clear.any()
     assert torch.equal(got.argmax(1)[clear], ref.argmax(1)[clear])
-    assert accel.resolve_precision("auto", "cpu") == "bf16"
+    assert resolve.resolve_precision("auto", "cpu") == "bf16"
 
 
 def test_unavailable_precision_and_backend_messages(monkeypatch):
     model = _model("inception_mini")
-    monkeypatch.setattr(accel, "native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": False)
     with pytest.raises(ValueError, match=r"no native bf16.*--precision fp32"):
         build_engine(model, precision="bf16")
-    assert accel.resolve_precision("auto", "cpu") == "fp32"
-    want = "openvino" if accel._installed("openvino") else "onnxruntime"
+    assert resolve.resolve_precision("auto", "cpu") == "fp32"
+    want = "openvino" if resolve._installed("openvino") else "onnxruntime"
     with pytest.raises(ValueError, match=f"int8 is not available on the torch backend; use --backend {want}"):
         build_engine(model, precision="int8", backend="torch", calibration=torch.randn(40, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown precision"):
         build_engine(model, precision="fp8")
     with pytest.raises(ValueError, match="unknown backend"):
         build_engine(model, backend="tensorrt")
-    real = accel._installed
-    monkeypatch.setattr(accel, "_installed", lambda b: b != "openvino" and real(b))
+    real = resolve._installed
+    monkeypatch.setattr(resolve, "_installed", lambda b: b != "openvino" and real(b))
     with pytest.raises(ValueError, match=r"needs the openvino package: pip install .*; or use --backend torch"):
         build_engine(model, backend="openvino")
 
 
 def test_auto_backend_policy(monkeypatch):
-    resolve = accel.resolve_backend
-    big = accel.AUTO_EXPORT_MIN_IMAGES
-    assert resolve("auto", "fp32", "cpu", "logits", images=big - 1) == "torch"   # export would not pay off
-    assert resolve("auto", "fp32", "cpu", "Mixed_6e", images=big) == "torch"     # tap: torch only
-    monkeypatch.setattr(accel, "_installed", lambda b: True)
-    assert resolve("auto", "int8", "cpu", "logits") == "openvino"                # int8 kernels 3-4x ORT's
-    monkeypatch.setattr(accel, "_installed", lambda b: b != "onnxruntime")
+    resolve_backend = resolve.resolve_backend
+    big = options.AUTO_EXPORT_MIN_IMAGES
+    assert resolve_backend("auto", "fp32", "cpu", "logits", images=big - 1) == "torch"   # export would not pay off
+    assert resolve_backend("auto", "fp32", "cpu", "Mixed_6e", images=big) == "torch"     # tap: torch only
+    monkeypatch.setattr(resolve, "_installed", lambda b: True)
+    assert resolve_backend("auto", "int8", "cpu", "logits") == "openvino"                # int8 kernels 3-4x ORT's
+    monkeypatch.setattr(resolve, "_installed", lambda b: b != "onnxruntime")
     with pytest.raises(ValueError, match="int8 on OpenVINO is quantized with ONNX Runtime's quantizer"):
-        resolve("openvino", "int8", "cpu", "logits")
-    monkeypatch.setattr(accel, "_installed", lambda b: b in ("torch", "onnxruntime"))
-    assert resolve("auto", "int8", "cpu", "logits") == "onnxruntime"
-    assert resolve("auto", "fp32", "cpu", "pool", images=big) == "onnxruntime"
-    assert resolve("auto", "bf16", "cpu", "pool", images=big) == "torch"         # ONNX Runtime has no bf16 here
-    monkeypatch.setattr(accel, "_installed", lambda b: True)
-    assert resolve("auto", "bf16", "cpu", "pool", images=big) == "openvino"
+        resolve_backend("openvino", "int8", "cpu", "logits")
+    monkeypatch.setattr(resolve, "_installed", lambda b: b in ("torch", "onnxruntime"))
+    assert resolve_backend("auto", "int8", "cpu", "logits") == "onnxruntime"
+    assert resolve_backend("auto", "fp32", "cpu", "pool", images=big) == "onnxruntime"
+    assert resolve_backend("auto", "bf16", "cpu", "pool", images=big) == "torch"         # ONNX Runtime has no bf16 here
+    monkeypatch.setattr(resolve, "_installed", lambda b: True)
+    assert resolve_backend("auto", "bf16", "cpu", "pool", images=big) == "openvino"
 
 
 def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
@@ -169,7 +174,7 @@ def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again instead of reusing the cache")
-    monkeypatch.setattr(accel, "_export_onnx", no_export)
+    monkeypatch.setattr(engine_mod, "export_onnx", no_export)
     again = build_engine(model, output="pool", backend="onnxruntime")
     assert _rel(again(x), want["pool"]) < 1e-4
     assert again.cache_files == [cached] and cached.stat().st_mtime_ns == mtime
@@ -201,8 +206,9 @@ def test_int8_runs_and_stays_close_on_calibrated_input(backend):
 
 
 def test_int8_calibration_too_few(tmp_path):
-    from inceptionv3.inference import calibration_images
-    from inceptionv3.weights import load_model, save_model
+    from inceptionv3.engine.runner import calibration_images
+    from inceptionv3.weights.io import save_model
+    from inceptionv3.weights.load import load_model
 
     model = _model("inception_mini")
     with pytest.raises(ValueError, match=f"int8 needs calibration images: pass at least {MIN_CALIBRATION_IMAGES}"):
@@ -221,8 +227,8 @@ def test_int8_calibration_too_few(tmp_path):
 
 
 def test_predict_cli_precision_flags(tmp_path, capsys):
-    from inceptionv3.cli import main
-    from inceptionv3.weights import save_model
+    from inceptionv3.cli.main import main
+    from inceptionv3.weights.io import save_model
 
     model = _model("inception_v3")
     weights = tmp_path / "m.safetensors"
@@ -287,9 +293,10 @@ def test_openvino_runs_pools_after_convs():
 
 
 def test_features_and_evaluate_run_the_engine(tmp_path):
-    from inceptionv3.evaluate import evaluate, evaluate_model
-    from inceptionv3.features import extract_features
-    from inceptionv3.weights import load_model, save_model
+    from inceptionv3.tasks.evaluate import evaluate, evaluate_model
+    from inceptionv3.tasks.features import extract_features
+    from inceptionv3.weights.io import save_model
+    from inceptionv3.weights.load import load_model
 
     torch.manual_seed(0)
     model = randomize_bn(build_model("inception_mini", num_classes=10)).eval()
@@ -303,7 +310,8 @@ def test_features_and_evaluate_run_the_engine(tmp_path):
 
     # features: the fp32 engine equals the plain model's pooled features; bf16 stays close
     plain = load_model(weights)
-    from inceptionv3.transforms import eval_transform, load_image
+    from inceptionv3.data.decode import load_image
+    from inceptionv3.data.transforms import eval_transform
     x = torch.stack([eval_transform(plain.meta.preprocess)(load_image(p)) for p in sorted(folder.iterdir())])
     with torch.no_grad():
         want = _pool(plain, x)
@@ -314,9 +322,9 @@ def test_features_and_evaluate_run_the_engine(tmp_path):
         assert 0 < _rel(torch.from_numpy(bf16.features), want) < 0.05
 
     # evaluate: the engine's counts equal the plain model's on the same loader
-    from inceptionv3 import data as data_mod
-    dataset = data_mod.load_labeled("digits", "val", eval_transform(plain.meta.preprocess), mode="RGB")
-    loader = data_mod.labeled_loader(dataset, batch_size=150, shuffle=False, workers=0)
+    from inceptionv3.data import datasets, loaders
+    dataset = datasets.load_labeled("digits", "val", eval_transform(plain.meta.preprocess), mode="RGB")
+    loader = loaders.labeled_loader(dataset, batch_size=150, shuffle=False, workers=0)
     ref = evaluate_model(plain, loader, 10)
     got = evaluate("digits", str(weights), batch_size=150, workers=0, device="cpu", backend="torch")
     assert "| torch fp32 on cpu |" in got["engine"]

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from inceptionv3 import bench
-from inceptionv3.cli import main
+from inceptionv3.bench import harness
+from inceptionv3.cli.main import main
 
 TINY = ["bench", "--image-size", "75", "--batch-size", "1", "--repeats", "2", "--latency-repeats", "2",
         "--warmup", "0", "--threads", "1", "--precision", "fp32", "--backend", "torch"]
@@ -21,13 +21,13 @@ TINY = ["bench", "--image-size", "75", "--batch-size", "1", "--repeats", "2", "-
 @pytest.fixture
 def small_probe(monkeypatch):
     # The peak probe's full-size products cost seconds on one thread; the measuring code is the same.
-    monkeypatch.setattr(bench, "PEAK_PROBES", {"fp32": (torch.float32, 256), "bf16": (torch.bfloat16, 256),
+    monkeypatch.setattr(harness, "PEAK_PROBES", {"fp32": (torch.float32, 256), "bf16": (torch.bfloat16, 256),
                                                "int8": (torch.int8, 256)})
 
 
 def test_bench_writes_the_report_and_skips_a_missing_comparison(tmp_path, monkeypatch, capsys, small_probe):
     monkeypatch.setitem(sys.modules, "openvino", None)   # import openvino -> ImportError
-    out = tmp_path / "bench.json"
+    out = tmp_path / "harness.json"
     assert main(TINY + ["--compare", "torchvision,openvino", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
@@ -39,7 +39,7 @@ def test_bench_writes_the_report_and_skips_a_missing_comparison(tmp_path, monkey
     assert (budget["decode_workers"] + budget["compute_threads"] <= budget["cores"]
             or budget["compute_threads"] == 1)
     assert r["peak"]["fp32"]["gflops"] > 0 and "torch.mm" in r["peak"]["fp32"]["what"]
-    assert r["logits_vs_torchvision"] <= bench.AGREE_TOL
+    assert r["logits_vs_torchvision"] <= harness.AGREE_TOL
     assert set(r["load_average"]) == {"start", "end"}
     assert any("openvino" in n and "skipped" in n for n in r["notes"])
     assert "openvino" in printed and "skipped" in printed
@@ -67,19 +67,19 @@ def test_bench_writes_the_report_and_skips_a_missing_comparison(tmp_path, monkey
 
 def test_missing_onnxruntime_is_a_note_not_a_failure(monkeypatch, small_probe):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    cfg = bench.BenchConfig(batch_sizes=(1,), image_size=75, precisions=("fp32",), backends=("torch",),
+    cfg = harness.BenchConfig(batch_sizes=(1,), image_size=75, precisions=("fp32",), backends=("torch",),
                             compare=("onnxruntime",), repeats=1, latency_repeats=1, warmup=0, threads=1)
-    r = bench.run_bench(cfg)
+    r = harness.run_bench(cfg)
     assert [row["name"] for row in r["rows"]] == ["inceptionv3 torch fp32"]
     assert any("onnxruntime is not installed" in n for n in r["notes"])
     assert r["rows"][0]["ratios"] == {}
 
 
 def test_a_pair_the_backend_lacks_is_noted(small_probe):
-    cfg = bench.BenchConfig(batch_sizes=(1,), image_size=75, precisions=("fp32", "int8"), backends=("torch",),
+    cfg = harness.BenchConfig(batch_sizes=(1,), image_size=75, precisions=("fp32", "int8"), backends=("torch",),
                             compare=(), repeats=1, latency_repeats=1, warmup=0, threads=1)
     notes: list[str] = []
-    assert bench.engine_pairs(cfg, notes) == [("torch", "fp32")]
+    assert harness.engine_pairs(cfg, notes) == [("torch", "fp32")]
     assert any("torch int8" in n for n in notes)
 
 
@@ -105,7 +105,7 @@ def test_unparsable_batch_list_is_a_usage_error(capsys):
 
 
 def test_peak_rss_sees_a_native_allocation():
-    watch = bench.PeakRSS()
+    watch = harness.PeakRSS()
     base = watch.reset()
     if base is None:
         pytest.skip("no /proc/self/clear_refs here")
@@ -116,13 +116,13 @@ def test_peak_rss_sees_a_native_allocation():
 
 def test_percentile_is_a_measured_value():
     values = [5.0, 1.0, 3.0, 2.0, 4.0]
-    assert bench._percentile(values, 50) == 3.0
-    assert bench._percentile(values, 99) == 5.0
-    assert bench._percentile([7.0], 99) == 7.0
+    assert harness._percentile(values, 50) == 3.0
+    assert harness._percentile(values, 99) == 5.0
+    assert harness._percentile([7.0], 99) == 7.0
 
 
 def test_json_is_written_atomically_with_nan_as_null(tmp_path):
-    out = bench.write_json({"a": float("nan"), "b": [1.5, float("inf")]}, tmp_path / "r.json")
+    out = harness.write_json({"a": float("nan"), "b": [1.5, float("inf")]}, tmp_path / "r.json")
     assert json.loads(out.read_text()) == {"a": None, "b": [1.5, None]}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
@@ -130,7 +130,7 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
 def test_in_process_decoding_on_threads_keeps_order_failures_and_the_thread_budget(tmp_path):
     from PIL import Image
 
-    from inceptionv3.data import image_batches
+    from inceptionv3.data.loaders import image_batches
 
     paths = []
     for i in range(7):

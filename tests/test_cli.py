@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from inceptionv3 import build_model
-from inceptionv3.cli import main
-from inceptionv3.transforms import Preprocess
-from inceptionv3.weights import save_model
+from inceptionv3.cli.main import main
+from inceptionv3.weights.io import save_model
+from inceptionv3.weights.preprocess import Preprocess
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -88,8 +88,9 @@ def test_predict_json_with_bad_images(tmp_path, model_file, capsys):
 
 
 def test_predict_matches_direct_model_call(tmp_path, model_file, capsys):
-    from inceptionv3.transforms import eval_transform, load_image
-    from inceptionv3.weights import load_model
+    from inceptionv3.data.decode import load_image
+    from inceptionv3.data.transforms import eval_transform
+    from inceptionv3.weights.load import load_model
     img = _good_images(tmp_path / "one")[0]
     code, out, _ = run_cli(capsys, "predict", str(img), "--weights", str(model_file), "--format", "json",
                            "--top-k", "3", "--workers", "0")
@@ -144,11 +145,11 @@ def test_features_all_formats(tmp_path, model_file, capsys):
         assert f.get_tensor("features").shape == (4, 3)
         assert json.loads(f.metadata()["paths"]) == [str(p) for p in good]
     # Same images, same model: the pool features equal a direct forward pass.
-    from inceptionv3.features import extract_features
+    from inceptionv3.tasks.features import extract_features
     res = extract_features(good[:1], weights=model_file, workers=0)
     res_logits = extract_features(good[:1], weights=model_file, workers=0, layer="logits")
     m = build_model("inception_v3", num_classes=3, aux_logits=False)
-    from inceptionv3.weights import load_weights
+    from inceptionv3.weights.load import load_weights
     load_weights(m, model_file)
     with torch.no_grad():
         np.testing.assert_allclose(m.fc(torch.from_numpy(res.features)).numpy(), res_logits.features, atol=1e-5)
@@ -218,8 +219,8 @@ def test_every_image_kind_through_predict_and_features(tmp_path, model_file, mon
     """Odd-but-valid images are classified; broken ones are reported with a reason, never a crash."""
     from PIL import Image as PILImage
 
-    from inceptionv3.features import extract_features
-    from inceptionv3.predict import predict
+    from inceptionv3.tasks.features import extract_features
+    from inceptionv3.tasks.predict import predict
 
     d = tmp_path / "kinds"
     d.mkdir()
@@ -263,7 +264,7 @@ def test_every_image_kind_through_predict_and_features(tmp_path, model_file, mon
 def test_train_and_evaluate_from_a_csv_list(tmp_path, capsys):
     """A CSV list with a bad row file: training skips it, the model keeps the list's labels, evaluate reads
     the same list's held-out split."""
-    from inceptionv3.weights import load_model
+    from inceptionv3.weights.load import load_model
     rng = np.random.default_rng(0)
     lines = ["path,label"]
     for label, shade in (("3", 40), ("12", 200)):

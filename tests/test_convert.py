@@ -10,12 +10,13 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import randomize_bn
-from inceptionv3.cli import main
-from inceptionv3.convert import convert
-from inceptionv3.model import inception_v3
-from inceptionv3.weights import WeightsError, load_model
+
+from inceptionv3.cli.main import main
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.weights.convert.run import convert
+from inceptionv3.weights.errors import WeightsError
+from inceptionv3.weights.load import load_model
 
 os.environ.setdefault("KERAS_BACKEND", "torch")   # before keras is imported (lazily, below)
 SIZE = 75
@@ -175,7 +176,7 @@ def test_bad_inputs_have_one_clear_message(tmp_path, capsys):
     with pytest.raises(WeightsError, match="1008 classes.*10 classes"):
         convert(wrong_classes, "fid", tmp_path / "x.safetensors")
 
-    from inceptionv3.model import inception_mini
+    from inceptionv3.models.mini import inception_mini
     mini = tmp_path / "mini.pth"
     torch.save(inception_mini(num_classes=10).state_dict(), mini)
     with pytest.raises(WeightsError, match="inception_mini state dict, not InceptionV3"):
@@ -234,38 +235,40 @@ def loopback():
 
 
 def test_trust_on_first_use_pins_the_first_download(loopback, tmp_path, monkeypatch, capsys):
-    from inceptionv3 import weights as W
-    from inceptionv3.model import inception_mini
-    from inceptionv3.transforms import Preprocess
+    from inceptionv3.models.mini import inception_mini
+    from inceptionv3.weights import hub, registry
+    from inceptionv3.weights import io as weights_io
+    from inceptionv3.weights import load as weights_load
+    from inceptionv3.weights.preprocess import Preprocess
 
     url, files = loopback
-    src = W.save_model(inception_mini(num_classes=4), tmp_path / "src.safetensors")
+    src = weights_io.save_model(inception_mini(num_classes=4), tmp_path / "src.safetensors")
     files.files["/timm/tiny/resolve/main/model.safetensors"] = src.read_bytes()
-    entry = W.WeightsEntry(name="tiny.tv_in1k", url=f"{url}/timm/tiny/resolve/main/model.safetensors",
+    entry = registry.WeightsEntry(name="tiny.tv_in1k", url=f"{url}/timm/tiny/resolve/main/model.safetensors",
                            sha256="", arch="inception_mini", num_classes=4, categories_file=None,
                            preprocess=Preprocess(input_size=75, resize_size=86), source="test", license="-")
-    monkeypatch.setitem(W.REGISTRY, entry.name, entry)
+    monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
 
     with pytest.raises(WeightsError, match="published without a sha256.*--trust-on-first-use"):
-        W.fetch(entry, progress=False)
+        hub.fetch(entry, progress=False)
     assert files.hits == []   # nothing is downloaded without consent
     assert main(["weights", "download", entry.name, "--trust-on-first-use"]) == 0
-    cached = W.cache_dir() / "weights" / entry.name / "model.safetensors"   # generic name: own folder
+    cached = hub.cache_dir() / "weights" / entry.name / "model.safetensors"   # generic name: own folder
     assert capsys.readouterr().out.strip() == str(cached)
-    assert W._pinned(entry) == W.sha256_file(src)
+    assert hub._pinned(entry) == hub.sha256_file(src)
 
-    model = W.load_model(entry.name, progress=False)   # pinned: no consent needed again, no new download
+    model = weights_load.load_model(entry.name, progress=False)   # pinned: no consent needed again, no new download
     assert model.num_classes == 4 and len(files.hits) == 1
     # The publisher's file changes: the cached copy is damaged, the new download fails the pinned hash.
     files.files["/timm/tiny/resolve/main/model.safetensors"] = b"x" * 100
     cached.write_bytes(b"garbage")
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        W.fetch(entry, progress=False)
+        hub.fetch(entry, progress=False)
     assert "tiny.tv_in1k" in (main(["weights", "list"]), capsys.readouterr().out)[1]
 
 
 def test_weights_list_shows_reported_top1_and_top5(capsys):
-    from inceptionv3.weights import REGISTRY
+    from inceptionv3.weights.registry import REGISTRY
 
     assert main(["weights", "list"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}

@@ -10,23 +10,26 @@ import pytest
 import torch
 from PIL import Image
 
-from inceptionv3 import data as D
-from inceptionv3.data import (
+from inceptionv3.data import loaders
+from inceptionv3.data.datasets import (
     DIGITS_SEED,
     DIGITS_VAL_FRACTION,
-    Batch,
-    ImageFiles,
     LabeledImages,
-    collate_labeled,
-    default_workers,
     digits,
     digits_split,
-    image_batches,
     image_folder,
-    labeled_loader,
     load_labeled,
 )
-from inceptionv3.transforms import Preprocess, eval_transform
+from inceptionv3.data.loaders import (
+    Batch,
+    ImageFiles,
+    collate_labeled,
+    default_workers,
+    image_batches,
+    labeled_loader,
+)
+from inceptionv3.data.transforms import eval_transform
+from inceptionv3.weights.preprocess import Preprocess
 
 torch.set_num_threads(1)
 
@@ -91,7 +94,7 @@ def test_batch_of_only_failures(mixed_files):
 
 @pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (3, 1), (4, 2), (8, 4), (64, 4)])
 def test_default_workers_budget(monkeypatch, cores, expected):
-    monkeypatch.setattr(D, "available_cores", lambda: cores)
+    monkeypatch.setattr(loaders, "available_cores", lambda: cores)
     assert default_workers() == expected
 
 
@@ -271,7 +274,7 @@ def _list_images(root, n_per_class=3):
 def test_csv_and_jsonl_lists(tmp_path):
     import json
 
-    from inceptionv3.data import load_labeled
+    from inceptionv3.data.datasets import load_labeled
     rows = _list_images(tmp_path)
     (tmp_path / "all.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
     (tmp_path / "all.jsonl").write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in rows))
@@ -295,7 +298,7 @@ def test_csv_and_jsonl_lists(tmp_path):
 
 
 def test_bad_lists_name_the_line(tmp_path):
-    from inceptionv3.data import load_labeled
+    from inceptionv3.data.datasets import load_labeled
     to_t = lambda im: torch.zeros(1)  # noqa: E731
     bad = tmp_path / "bad.csv"
     bad.write_text("a.png,1\nonly-a-path\n")

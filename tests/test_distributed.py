@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionv3.distributed import DistEnv, ShardedSampler, env_from_environ, shard_range, unwrap
-from inceptionv3.train import TrainConfig, load_checkpoint, train
+from inceptionv3.runtime.distributed import DistEnv, ShardedSampler, env_from_environ, shard_range, unwrap
+from inceptionv3.training.config import TrainConfig
+from inceptionv3.training.run import train
+from inceptionv3.training.state import load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -123,11 +125,11 @@ def test_two_process_commands_equal_one_process(tmp_path):
     input order and equal to one process's, also when resuming from rows an interrupted run kept."""
     from PIL import Image
 
-    from inceptionv3.evaluate import evaluate
-    from inceptionv3.features import extract_features
-    from inceptionv3.model import build_model
-    from inceptionv3.transforms import Preprocess
-    from inceptionv3.weights import save_model
+    from inceptionv3.models.builder import build_model
+    from inceptionv3.tasks.evaluate import evaluate
+    from inceptionv3.tasks.features import extract_features
+    from inceptionv3.weights.io import save_model
+    from inceptionv3.weights.preprocess import Preprocess
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
@@ -141,9 +143,9 @@ def test_two_process_commands_equal_one_process(tmp_path):
                          class_names=["a", "b"], preprocess=Preprocess(input_size=32, resize_size=36))
     # A one-process run that crashed after two batches left rows in out.npz.partial; the two ranks
     # resume from them and compute the other half only.
-    from inceptionv3 import features as features_mod
-    from inceptionv3 import inference
-    real_run = inference.run
+    from inceptionv3.engine import runner
+    from inceptionv3.tasks import features
+    real_run = runner.run
 
     def crash(*args, **kwargs):
         for n, step in enumerate(real_run(*args, **kwargs)):
@@ -151,8 +153,8 @@ def test_two_process_commands_equal_one_process(tmp_path):
                 raise RuntimeError("power cut")
             yield step
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "run", crash)
-        mp.setattr(features_mod, "FLUSH_ROWS", 2)
+        mp.setattr(runner, "run", crash)
+        mp.setattr(features, "FLUSH_ROWS", 2)
         with pytest.raises(RuntimeError, match="power cut"):
             extract_features([folder], weights=weights, batch_size=2, workers=0, device="cpu",
                              resume=tmp_path / "out.npz.partial")
@@ -177,7 +179,7 @@ def test_two_process_commands_equal_one_process(tmp_path):
 
 
 def test_class_balanced_order():
-    from inceptionv3.train import class_balanced_weights
+    from inceptionv3.training.setup import class_balanced_weights
 
     class Imbalanced(torch.utils.data.Dataset):
         targets = [0] * 90 + [1] * 10

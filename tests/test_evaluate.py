@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inceptionv3.evaluate import evaluate, evaluate_model, format_report, plot_confusion
-from inceptionv3.model import build_model
-from inceptionv3.transforms import Preprocess
-from inceptionv3.weights import save_model
+from inceptionv3.models.builder import build_model
+from inceptionv3.tasks.evaluate import evaluate, evaluate_model, format_report, plot_confusion
+from inceptionv3.weights.io import save_model
+from inceptionv3.weights.preprocess import Preprocess
 
 torch.set_num_threads(1)
 
@@ -183,7 +183,7 @@ def test_multi_crop_averages_probabilities_not_votes():
 def test_multi_crop_views():
     from PIL import Image
 
-    from inceptionv3.transforms import eval_transform, multi_crop_transform
+    from inceptionv3.data.transforms import eval_transform, multi_crop_transform
 
     rng = np.random.default_rng(0)
     pre = Preprocess(input_size=32, resize_size=37)

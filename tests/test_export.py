@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomize_bn
-from inceptionv3.cli import main
-from inceptionv3.export import TOLERANCE, export_model, load_exported_metadata, run_exported
-from inceptionv3.model import inception_v3
-from inceptionv3.transforms import Preprocess
-from inceptionv3.weights import load_model, read_state_dict, save_model
+
+from inceptionv3.cli.main import main
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.tasks.export import TOLERANCE, export_model, load_exported_metadata, run_exported
+from inceptionv3.weights.io import read_state_dict, save_model
+from inceptionv3.weights.load import load_model
+from inceptionv3.weights.preprocess import Preprocess
 
 SIZE = 75
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(save|load)` is deprecated:FutureWarning")

@@ -12,14 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from inceptionv3 import build_model, inference
-from inceptionv3 import features as features_mod
-from inceptionv3.cli import main
-from inceptionv3.features import discard_partial, extract_features
-from inceptionv3.transforms import Preprocess, expand_paths
-from inceptionv3.weights import save_model
+from inceptionv3 import build_model
+from inceptionv3.cli.main import main
+from inceptionv3.data.paths import expand_paths
+from inceptionv3.engine import runner
+from inceptionv3.tasks import features
+from inceptionv3.tasks.features import discard_partial, extract_features
+from inceptionv3.weights.io import save_model
+from inceptionv3.weights.preprocess import Preprocess
 
-_REAL_RUN = inference.run
+_REAL_RUN = runner.run
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def _same(got, want) -> None:
 
 
 def _stop_after(monkeypatch, steps: int | None, computed: list, kept: list, stop=None) -> None:
-    """inference.run that records what it was asked to compute and stops after ``steps`` batches."""
+    """runner.run that records what it was asked to compute and stops after ``steps`` batches."""
     def run(model, paths, *args, **kwargs):
         computed.extend(paths)
         for n, step in enumerate(_REAL_RUN(model, paths, *args, **kwargs)):
@@ -58,14 +60,14 @@ def _stop_after(monkeypatch, steps: int | None, computed: list, kept: list, stop
                 (stop or (lambda: (_ for _ in ()).throw(RuntimeError("power cut"))))()
             kept.extend(paths[i] for i in step.indices + [k for k, _ in step.failures])
             yield step
-    monkeypatch.setattr(inference, "run", run)
+    monkeypatch.setattr(runner, "run", run)
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(job, tmp_path, monkeypatch):
     want = _extract(job)
     assert len(want.paths) == 10 and len(want.failures) == 1
     partial = tmp_path / "f.npz.partial"
-    monkeypatch.setattr(features_mod, "FLUSH_ROWS", 3)
+    monkeypatch.setattr(features, "FLUSH_ROWS", 3)
     computed, kept = [], []
     _stop_after(monkeypatch, 2, computed, kept)
     with pytest.raises(RuntimeError, match="power cut"):

@@ -1,4 +1,4 @@
-"""The pure math of fid.py: Fréchet distance routes, KID, Inception Score, precision/recall."""
+"""The pure math of functional.py: Fréchet distance routes, KID, Inception Score, precision/recall."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionv3 import fid
+from inceptionv3.metrics import functional
 
 # pytorch-fid's own calculate_frechet_distance warns about SciPy's deprecated disp= and singular products.
 _PYTORCH_FID_NOISE = (pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated"),
@@ -24,8 +24,8 @@ def test_eigh_equals_sqrtm_on_well_conditioned_stats():
     rng = np.random.default_rng(0)
     mu1, s1 = _stats(rng, 2000, 64)
     mu2, s2 = _stats(rng, 2000, 64, shift=0.3)
-    a = fid.frechet_distance(mu1, s1, mu2, s2)
-    b = fid.frechet_distance(mu1, s1, mu2, s2, method="sqrtm")
+    a = functional.frechet_distance(mu1, s1, mu2, s2)
+    b = functional.frechet_distance(mu1, s1, mu2, s2, method="sqrtm")
     assert a == pytest.approx(b, rel=1e-9)
 
 
@@ -36,7 +36,7 @@ def test_matches_pytorch_fid_reference():
     rng = np.random.default_rng(1)
     mu1, s1 = _stats(rng, 500, 32)
     mu2, s2 = _stats(rng, 500, 32, shift=0.1)
-    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+    assert functional.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
         pf.calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-9)
 
 
@@ -45,10 +45,10 @@ def test_closed_form_and_identity():
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
     mu1, mu2 = np.zeros(3), np.array([1.0, 0.0, 2.0])
     want = 5.0 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-12)
+    assert functional.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-12)
     rng = np.random.default_rng(2)
     mu, s = _stats(rng, 300, 16)
-    assert abs(fid.frechet_distance(mu, s, mu, s)) < 1e-9
+    assert abs(functional.frechet_distance(mu, s, mu, s)) < 1e-9
 
 
 def test_singular_covariances_give_a_real_number_and_diagnostics():
@@ -58,7 +58,7 @@ def test_singular_covariances_give_a_real_number_and_diagnostics():
     mu2, s2 = _stats(rng, 10, 128, shift=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")     # rounding-level negatives are clipped silently
-        res = fid.frechet_details(mu1, s1, mu2, s2)
+        res = functional.frechet_details(mu1, s1, mu2, s2)
     assert np.isfinite(res.value) and res.value > 0
     assert res.method == "eigh" and res.min_eigenvalue > -1e-8
     assert res.value == pytest.approx(res.mean_term + res.trace_term)
@@ -68,17 +68,17 @@ def test_torch_inputs_and_bad_inputs():
     rng = np.random.default_rng(4)
     mu1, s1 = _stats(rng, 200, 8)
     mu2, s2 = _stats(rng, 200, 8, shift=1.0)
-    want = fid.frechet_distance(mu1, s1, mu2, s2)
-    got = fid.frechet_distance(*(torch.from_numpy(a).float() for a in (mu1, s1, mu2, s2)))
+    want = functional.frechet_distance(mu1, s1, mu2, s2)
+    got = functional.frechet_distance(*(torch.from_numpy(a).float() for a in (mu1, s1, mu2, s2)))
     assert got == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="differ in shape"):
-        fid.frechet_distance(mu1, s1, mu2[:4], s2[:4, :4])
+        functional.frechet_distance(mu1, s1, mu2[:4], s2[:4, :4])
     bad = s2.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        fid.frechet_distance(mu1, s1, mu2, bad)
-    with pytest.warns(fid.MetricWarning, match="negative eigenvalue"):
-        fid.frechet_details(mu1, s1, mu2, -np.eye(8))
+        functional.frechet_distance(mu1, s1, mu2, bad)
+    with pytest.warns(functional.MetricWarning, match="negative eigenvalue"):
+        functional.frechet_details(mu1, s1, mu2, -np.eye(8))
 
 
 def test_kid_matches_torch_fidelity():
@@ -86,41 +86,41 @@ def test_kid_matches_torch_fidelity():
     g = torch.Generator().manual_seed(0)
     f1, f2 = torch.rand(40, 16, generator=g, dtype=torch.float64), torch.rand(30, 16, generator=g,
                                                                               dtype=torch.float64) + 0.1
-    ours = fid.kid(f1, f2, subsets=7, subset_size=20)
+    ours = functional.kid(f1, f2, subsets=7, subset_size=20)
     ref = tf_kid.kid_features_to_metric(f1, f2, kid_subsets=7, kid_subset_size=20, verbose=False,
                                         rng_seed=2020)
     assert ours.mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
     assert ours.std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
     with pytest.raises(ValueError, match="subset size 50 is larger than the number of images"):
-        fid.kid(f1, f2, subset_size=50)
+        functional.kid(f1, f2, subset_size=50)
 
 
 def test_kid_is_about_zero_for_one_distribution():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(400, 8, generator=g)
-    assert abs(fid.kid(x[:200], x[200:], subsets=5, subset_size=100).mean) < 0.05
+    assert abs(functional.kid(x[:200], x[200:], subsets=5, subset_size=100).mean) < 0.05
 
 
 def test_inception_score_matches_torch_fidelity():
     tf_isc = pytest.importorskip("torch_fidelity.metric_isc")
     logits = torch.randn(50, 1008, generator=torch.Generator().manual_seed(0)) * 3
-    ours = fid.inception_score(logits, splits=5)
+    ours = functional.inception_score(logits, splits=5)
     ref = tf_isc.isc_features_to_metric(logits, splits=5, shuffle=True, rng_seed=2020)
     assert ours.mean == pytest.approx(ref["inception_score_mean"], rel=1e-9)
     assert ours.std == pytest.approx(ref["inception_score_std"], rel=1e-9)
     # Confident, evenly spread predictions over C classes score C.
     onehot = torch.eye(10).repeat(3, 1) * 100
-    assert fid.inception_score(onehot, splits=1).mean == pytest.approx(10, rel=1e-6)
+    assert functional.inception_score(onehot, splits=1).mean == pytest.approx(10, rel=1e-6)
     with pytest.raises(ValueError, match="at least 10 images"):
-        fid.inception_score(logits[:5])
+        functional.inception_score(logits[:5])
 
 
 def test_precision_recall_matches_torch_fidelity():
     tf_prc = pytest.importorskip("torch_fidelity.metric_prc")
     g = torch.Generator().manual_seed(0)
     gen, real = torch.randn(60, 8, generator=g), torch.randn(50, 8, generator=g) * 1.5 + 0.5
-    ours = fid.precision_recall(gen, real, k=3)
+    ours = functional.precision_recall(gen, real, k=3)
     p, r = tf_prc.calculate_precision_recall_full(gen.double(), real.double(), neighborhood=3)
     assert (ours["precision"], ours["recall"]) == pytest.approx((p, r))
-    same = fid.precision_recall(real, real)
+    same = functional.precision_recall(real, real)
     assert same["precision"] == same["recall"] == 1.0

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import nn
 
 from inceptionv3 import metrics
-from inceptionv3.cli import main
-from inceptionv3.fid import MetricWarning
-from inceptionv3.model import InceptionV3
+from inceptionv3.cli.main import main
+from inceptionv3.metrics.functional import MetricWarning
+from inceptionv3.models.inception import InceptionV3
 
 N_IMAGES = 6
 FEATURE_ATOL = 1e-4
@@ -93,7 +93,7 @@ def _pytorch_fid_model(sd, dims: int):
 
 def test_fid_net_config_is_pytorch_fids_graph(data):
     # Same keys and shapes: the 'fid' registry config builds pytorch-fid's network exactly.
-    from inceptionv3.weights import REGISTRY
+    from inceptionv3.weights.registry import REGISTRY
     ours = InceptionV3(**REGISTRY["fid"].config())
     assert metrics.FID_NET_CONFIG == REGISTRY["fid"].model_config
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in data["sd"].items()}
@@ -129,7 +129,7 @@ def test_torch_fidelity_parity_tf_mode(data):
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    from inceptionv3 import fid as fidmath
+    from inceptionv3.metrics import functional
 
     ext = tfe.FeatureExtractorInceptionV3("inception-v3-compat", ["192", "2048", "logits_unbiased"],
                                           feature_extractor_weights_path=data["weights"])
@@ -148,10 +148,10 @@ def test_torch_fidelity_parity_tf_mode(data):
     assert got["fid"] == pytest.approx(want, rel=FID_RTOL)
     kid_ref = kid_features_to_metric(ref["a"][1], ref["b"][1], kid_subsets=5, kid_subset_size=4,
                                      verbose=False, rng_seed=2020)
-    kid = fidmath.kid(ours["a"]["features"], ours["b"]["features"], subsets=5, subset_size=4)
+    kid = functional.kid(ours["a"]["features"], ours["b"]["features"], subsets=5, subset_size=4)
     assert kid.mean == pytest.approx(kid_ref["kernel_inception_distance_mean"], rel=1e-3)
     isc_ref = isc_features_to_metric(ref["a"][2], splits=2, shuffle=True, rng_seed=2020)
-    isc = fidmath.inception_score(ours["a"]["logits"], splits=2)
+    isc = functional.inception_score(ours["a"]["logits"], splits=2)
     assert isc.mean == pytest.approx(isc_ref["inception_score_mean"], rel=1e-4)
 
 

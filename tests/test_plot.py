@@ -6,9 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from inceptionv3.cli import main
-from inceptionv3.plot import plot_run
-from inceptionv3.train import TrainConfig, train
+from inceptionv3.cli.main import main
+from inceptionv3.training.config import TrainConfig
+from inceptionv3.training.plot import plot_run
+from inceptionv3.training.run import train
 
 pytest.importorskip("matplotlib")
 

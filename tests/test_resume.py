@@ -2,7 +2,6 @@
 stops cleanly; damaged checkpoints are detected and skipped; NaN steps can be skipped and counted."""
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -16,17 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from inceptionv3.train import (
+from inceptionv3.training import loop, state
+from inceptionv3.training.config import TrainConfig
+from inceptionv3.training.control import TrainingInterrupted
+from inceptionv3.training.run import train
+from inceptionv3.training.state import (
     CheckpointError,
-    TrainConfig,
-    TrainingInterrupted,
     checkpoint_candidates,
     load_checkpoint,
     save_checkpoint,
-    train,
 )
 
-train_mod = importlib.import_module("inceptionv3.train")
 HELPER = Path(__file__).with_name("killable_train.py")
 
 torch.set_num_threads(1)
@@ -104,7 +103,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, reference,
 def test_sigterm_finishes_step_checkpoints_and_resumes(tmp_path, reference, monkeypatch, at):
     ref_out, ref = reference
     cfg = _cfg(tmp_path / "run", save_every=0)
-    real, calls = train_mod.compute_loss, {"n": 0}
+    real, calls = loop.compute_loss, {"n": 0}
 
     def loss_then_sigterm(*args, **kwargs):
         calls["n"] += 1
@@ -112,7 +111,7 @@ def test_sigterm_finishes_step_checkpoints_and_resumes(tmp_path, reference, monk
             os.kill(os.getpid(), signal.SIGTERM)   # arrives mid-step
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "compute_loss", loss_then_sigterm)
+    monkeypatch.setattr(loop, "compute_loss", loss_then_sigterm)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted, match=rf"SIGTERM: stopped after epoch 1 step {at} of 4.*--resume"):
         train(cfg, progress=False)
@@ -120,7 +119,7 @@ def test_sigterm_finishes_step_checkpoints_and_resumes(tmp_path, reference, monk
     ckpt = load_checkpoint(Path(cfg.out) / "last.pt")
     assert ckpt["epoch"] == 0 and ckpt["epoch_state"][0]["step"] == at
 
-    monkeypatch.setattr(train_mod, "compute_loss", real)
+    monkeypatch.setattr(loop, "compute_loss", real)
     result = train(_cfg(cfg.out, resume=cfg.out, save_every=0), progress=False)
     got, want = _weights(cfg.out), _weights(ref_out)
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -128,7 +127,7 @@ def test_sigterm_finishes_step_checkpoints_and_resumes(tmp_path, reference, monk
 
 
 def test_flipped_bytes_are_detected(tmp_path):
-    path = save_checkpoint(tmp_path / "last.pt", {"format": train_mod.CHECKPOINT_FORMAT,
+    path = save_checkpoint(tmp_path / "last.pt", {"format": state.CHECKPOINT_FORMAT,
                                                  "model": {"w": torch.arange(4096, dtype=torch.float32)}})
     assert load_checkpoint(path)["model"]["w"][5] == 5
     raw = bytearray(path.read_bytes())
@@ -155,14 +154,14 @@ def test_keeps_last_k_checkpoints(reference):
 
 
 def test_skip_nonfinite_counts_skipped_steps(tmp_path, monkeypatch):
-    real, calls = train_mod.compute_loss, {"n": 0}
+    real, calls = loop.compute_loss, {"n": 0}
 
     def nan_at_2(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("inf") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train_mod, "compute_loss", nan_at_2)
+    monkeypatch.setattr(loop, "compute_loss", nan_at_2)
     result = train(_cfg(tmp_path / "run", skip_nonfinite=True, save_every=0, epochs=1), progress=False)
     assert result["history"][0]["nonfinite_steps"] == 1
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values())
@@ -180,7 +179,7 @@ def test_cached_linear_probe_stops_and_resumes_exactly(tmp_path, monkeypatch):
     # computes them again) end with the uninterrupted run's head.
     probe = {"recipe": "linear-probe", "ema_decay": 0.0, "save_every": 0}
     whole = train(_cfg(tmp_path / "whole", **probe), progress=False)
-    real, calls = train_mod.compute_loss, {"n": 0}
+    real, calls = loop.compute_loss, {"n": 0}
 
     def loss_then_sigterm(*args, **kwargs):
         calls["n"] += 1
@@ -188,11 +187,11 @@ def test_cached_linear_probe_stops_and_resumes_exactly(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "compute_loss", loss_then_sigterm)
+    monkeypatch.setattr(loop, "compute_loss", loss_then_sigterm)
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted, match="stopped after epoch 1 step 3 of 4"):
         train(_cfg(run, **probe), progress=False)
-    monkeypatch.setattr(train_mod, "compute_loss", real)
+    monkeypatch.setattr(loop, "compute_loss", real)
     resumed = train(_cfg(run, resume=str(run), **probe), progress=False)
     got = load_checkpoint(run / "last.pt")["model"]
     want = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]

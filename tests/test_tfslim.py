@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import randomize_bn
-from inceptionv3.cli import main
-from inceptionv3.convert import SLIM_CONV_SCOPES, SLIM_HEADS, convert
-from inceptionv3.model import inception_v3
-from inceptionv3.tf_bundle import _update_slow, crc32c, mask_crc, open_checkpoint, unmask_crc
-from inceptionv3.weights import WeightsError, load_model
 from tf_bundle_writer import write_table, write_v1, write_v2
+
+from inceptionv3.cli.main import main
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.weights.convert.run import convert
+from inceptionv3.weights.convert.tf_bundle import _update_slow, crc32c, mask_crc, open_checkpoint, unmask_crc
+from inceptionv3.weights.convert.tfslim import SLIM_CONV_SCOPES, SLIM_HEADS
+from inceptionv3.weights.errors import WeightsError
+from inceptionv3.weights.load import load_model
 
 DATA = Path(__file__).parent / "data" / "tf"
 SIZE = 75

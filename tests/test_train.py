@@ -1,7 +1,6 @@
 """Training: learns the digits, writes loadable checkpoints, stops on NaN loss, survives a bad image."""
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
@@ -14,22 +13,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from inceptionv3.model import build_model
-from inceptionv3.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    augmentation_for,
-    compute_loss,
-    init_model,
-    load_checkpoint,
-    param_groups,
-    preprocess_for,
-    resolve_aux,
-    train,
-)
-from inceptionv3.weights import load_model, read_state_dict, save_model
-
-train_mod = importlib.import_module("inceptionv3.train")  # the module; the package exports the function
+from inceptionv3.models.builder import build_model
+from inceptionv3.training import config, loop, optim, setup
+from inceptionv3.training.config import TrainConfig
+from inceptionv3.training.loop import NonFiniteLossError, compute_loss
+from inceptionv3.training.optim import param_groups
+from inceptionv3.training.run import train
+from inceptionv3.training.setup import augmentation_for, init_model, preprocess_for, resolve_aux
+from inceptionv3.training.state import load_checkpoint
+from inceptionv3.weights.io import read_state_dict, save_model
+from inceptionv3.weights.load import load_model
 
 torch.set_num_threads(1)
 
@@ -76,7 +69,7 @@ def test_checkpoints_load(digits_run):
 
 
 def test_evaluate_matches_training(digits_run):
-    from inceptionv3.evaluate import evaluate
+    from inceptionv3.tasks.evaluate import evaluate
 
     _, result = digits_run
     r = evaluate("digits", result["best_path"], workers=0, device="cpu", batch_size=150)
@@ -92,14 +85,14 @@ def _mini_cfg(tmp_path, **kw) -> TrainConfig:
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = _mini_cfg(tmp_path)
     calls = {"n": 0}
-    real = train_mod.compute_loss
+    real = loop.compute_loss
 
     def loss_that_diverges(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 6 else loss   # epoch 1 has 4 steps; 6 is in epoch 2
 
-    monkeypatch.setattr(train_mod, "compute_loss", loss_that_diverges)
+    monkeypatch.setattr(loop, "compute_loss", loss_that_diverges)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 2 \(lr [0-9.e+-]+\)"):
         train(cfg, progress=False)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -207,7 +200,7 @@ def test_init_from_weights(tmp_path):
     ("no_images", r"dog: class folder has no images"),
 ])
 def test_train_command_names_the_bad_data_folder(tmp_path, capsys, layout, message):
-    from inceptionv3.cli import main
+    from inceptionv3.cli.main import main
 
     data = tmp_path / "data"
     if layout != "missing":
@@ -246,14 +239,14 @@ def test_freeze_until_trains_only_later_blocks(tmp_path):
 def test_frozen_blocks_keep_bn_in_eval_mode():
     model = build_model("inception_v3", num_classes=10, aux_logits=False, init_weights=False)
     cfg = TrainConfig(data="digits", freeze_until="Mixed_5b")
-    assert train_mod.freeze(model, "Mixed_5b")[-2:] == ["Conv2d_4a_3x3", "Mixed_5b"]
-    train_mod.set_train_mode(model, cfg)
+    assert setup.freeze(model, "Mixed_5b")[-2:] == ["Conv2d_4a_3x3", "Mixed_5b"]
+    setup.set_train_mode(model, cfg)
     assert not model.Mixed_5b.training and not model.Conv2d_1a_3x3.bn.training
     assert model.Mixed_5c.training and model.fc.training
     assert not any(p.requires_grad for p in model.Mixed_5b.parameters())
     assert all(p.requires_grad for p in model.Mixed_5c.parameters()) and model.fc.weight.requires_grad
     with pytest.raises(ValueError, match="no such block; one of Conv2d_1a_3x3"):
-        train_mod.freeze(model, "Mixed_9z")
+        setup.freeze(model, "Mixed_9z")
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -268,16 +261,16 @@ def test_autocast_and_channels_last(tmp_path, amp):
 
 
 def test_recipes_fill_defaults_and_flags_win():
-    paper = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=64))
+    paper = config.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=64))
     assert (paper.optimizer, paper.schedule, paper.image_size) == ("rmsprop", "step", 299)
     assert (paper.crop_scale, paper.ema_decay) == (0.08, 0.9999)
     assert paper.lr == pytest.approx(0.045 * 64 / 1600) and paper.weight_decay == 4e-5
     assert resolve_aux(paper) is True                                    # 299 px: the aux head trains
-    mine = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", lr=0.01, optimizer="sgd"))
+    mine = config.resolve_recipe(TrainConfig(data="digits", recipe="paper", lr=0.01, optimizer="sgd"))
     assert (mine.lr, mine.optimizer, mine.schedule) == (0.01, "sgd", "step")
     plain = TrainConfig(data="digits")
-    assert train_mod.resolve_recipe(plain) is plain
-    probe = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="linear-probe"))
+    assert config.resolve_recipe(plain) is plain
+    probe = config.resolve_recipe(TrainConfig(data="digits", recipe="linear-probe"))
     assert probe.freeze_until == "all"
 
 
@@ -296,8 +289,8 @@ def test_paper_recipe_says_when_its_scaled_lr_is_small(tmp_path, caplog):
 
 def test_paper_optimizer_and_step_schedule():
     model = build_model("inception_mini", num_classes=10)
-    cfg = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=1600, epochs=6))
-    optimizer, scheduler = train_mod.build_optimizer(model, cfg, steps_per_epoch=10)
+    cfg = config.resolve_recipe(TrainConfig(data="digits", recipe="paper", batch_size=1600, epochs=6))
+    optimizer, scheduler = optim.build_optimizer(model, cfg, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.RMSprop)
     assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1.0
     assert optimizer.defaults["momentum"] == 0.9
@@ -312,8 +305,8 @@ def test_paper_optimizer_and_step_schedule():
 
 def test_finetune_gives_the_backbone_a_lower_lr():
     model = build_model("inception_mini", num_classes=10)
-    cfg = train_mod.resolve_recipe(TrainConfig(data="digits", recipe="finetune"))
-    optimizer, _ = train_mod.build_optimizer(model, cfg, steps_per_epoch=10)
+    cfg = config.resolve_recipe(TrainConfig(data="digits", recipe="finetune"))
+    optimizer, _ = optim.build_optimizer(model, cfg, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.SGD)
     head = {id(p) for p in model.fc.parameters()}
     for g in optimizer.param_groups:
@@ -367,11 +360,11 @@ def test_amp_auto_is_bf16_only_where_native(monkeypatch):
     assert cfg.amp == "auto" and cfg.channels_last   # the defaults
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
-    assert train_mod.resolve_amp("auto", cpu) == "off"
+    assert loop.resolve_amp("auto", cpu) == "off"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    assert train_mod.resolve_amp("auto", cpu) == "bf16"
-    assert train_mod.resolve_amp("off", cpu) == "off" and train_mod.resolve_amp("fp16", cpu) == "fp16"
-    with train_mod._autocast(cpu, "auto"):
+    assert loop.resolve_amp("auto", cpu) == "bf16"
+    assert loop.resolve_amp("off", cpu) == "off" and loop.resolve_amp("fp16", cpu) == "fp16"
+    with loop.autocast(cpu, "auto"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
 
 
@@ -402,7 +395,7 @@ def test_grad_checkpointing_same_loss_gradients_and_bn_stats():
         torch.testing.assert_close(ckpt.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
     assert torch.jit.script(ckpt.eval())(x).shape == (2, 5)   # TorchScript export still works
     with pytest.raises(ValueError, match="no Mixed blocks"):
-        train_mod.prepare_model(build_model("inception_mini", num_classes=3),
+        setup.prepare_model(build_model("inception_mini", num_classes=3),
                                 TrainConfig(data="digits", arch="inception_mini", grad_checkpointing=True),
                                 torch.device("cpu"))
 
@@ -425,7 +418,7 @@ def test_compile_wires_torch_compile(tmp_path):
 
 
 def test_linear_probe_computes_backbone_features_once(tmp_path, monkeypatch):
-    from inceptionv3.model import InceptionMini
+    from inceptionv3.models.mini import InceptionMini
 
     images = {"n": 0}
     real = InceptionMini.forward_features

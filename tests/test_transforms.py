@@ -12,17 +12,11 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from inceptionv3 import transforms as T
-from inceptionv3.transforms import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    InputError,
-    Preprocess,
-    eval_transform,
-    expand_paths,
-    load_image,
-    train_transform,
-)
+from inceptionv3.data import transforms
+from inceptionv3.data.decode import ImageError, load_image
+from inceptionv3.data.paths import IMAGE_EXTENSIONS, InputError, expand_paths
+from inceptionv3.data.transforms import eval_transform, train_transform
+from inceptionv3.weights.preprocess import Preprocess
 
 torch.set_num_threads(1)
 
@@ -275,7 +269,7 @@ def test_permission_denied(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(T.Image, "open", refuse)  # works as root too, where chmod 000 does not
+    monkeypatch.setattr(transforms.Image, "open", refuse)  # works as root too, where chmod 000 does not
     assert _reason(path) == "permission denied"
 
 

@@ -14,9 +14,15 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from inceptionv3 import weights as W
-from inceptionv3.model import build_model, inception_mini, inception_v3
-from inceptionv3.weights import Preprocess, WeightsEntry, WeightsError
+from inceptionv3.models.builder import build_model
+from inceptionv3.models.inception import inception_v3
+from inceptionv3.models.mini import inception_mini
+from inceptionv3.weights import hub, registry
+from inceptionv3.weights import io as weights_io
+from inceptionv3.weights import load as weights_load
+from inceptionv3.weights.errors import WeightsError
+from inceptionv3.weights.load import Preprocess
+from inceptionv3.weights.registry import WeightsEntry
 
 torch.set_num_threads(1)
 
@@ -47,8 +53,8 @@ def _no_temp_files(folder) -> bool:
 
 
 def test_registry_schema():
-    assert "imagenet" in W.REGISTRY
-    for name, e in W.REGISTRY.items():
+    assert "imagenet" in registry.REGISTRY
+    for name, e in registry.REGISTRY.items():
         assert e.name == name
         # "" = no published hash (fetch then needs trust_on_first_use)
         assert re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{8,63}|", e.sha256), name
@@ -71,13 +77,13 @@ def test_registry_schema():
 
 
 def test_imagenet_entry():
-    e = W.get_entry("imagenet")
+    e = registry.get_entry("imagenet")
     assert e.sha256 == "0cc3c7bd" and e.file_name == "inception_v3_google-0cc3c7bd.pth"
     assert e.preprocess == Preprocess(299, 342, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert e.model_config == {"aux_logits": True, "count_include_pad": True, "last_pool": "avg"}
     assert e.categories()[:2] == ["tench", "goldfish"] and e.metrics["acc@1"] == 77.294
     with pytest.raises(WeightsError, match="imagenet"):
-        W.get_entry("nope")
+        registry.get_entry("nope")
 
 
 def test_entry_validation():
@@ -90,7 +96,7 @@ def test_entry_validation():
 
 def test_cache_dir_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "home"))
-    assert W.cache_dir() == tmp_path / "home" and W.cache_dir().is_dir()
+    assert hub.cache_dir() == tmp_path / "home" and hub.cache_dir().is_dir()
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -145,11 +151,11 @@ def test_download_good_file(server, tmp_path, capsys):
     data = bytes(range(256)) * 4000
     h.files["/w.pth"] = data
     dest = tmp_path / "c" / "w.pth"
-    assert W.download(f"{url}/w.pth", _sha(data), dest, progress=True) == dest
+    assert hub.download(f"{url}/w.pth", _sha(data), dest, progress=True) == dest
     assert dest.read_bytes() == data and _no_temp_files(dest.parent)
     assert "w.pth" in capsys.readouterr().err   # the tqdm bar
     dest.unlink()
-    W.download(f"{url}/w.pth", _sha(data)[:8], dest, progress=False)   # a published prefix verifies too
+    hub.download(f"{url}/w.pth", _sha(data)[:8], dest, progress=False)   # a published prefix verifies too
     assert dest.read_bytes() == data
 
 
@@ -158,7 +164,7 @@ def test_download_hash_mismatch(server, tmp_path):
     h.files["/w.pth"] = b"x" * 5000
     dest = tmp_path / "w.pth"
     with pytest.raises(WeightsError, match="sha256 mismatch") as e:
-        W.download(f"{url}/w.pth", "0" * 64, dest, progress=False)
+        hub.download(f"{url}/w.pth", "0" * 64, dest, progress=False)
     assert f"{url}/w.pth" in str(e.value) and "0" * 64 in str(e.value) and _sha(b"x" * 5000) in str(e.value)
     assert not dest.exists() and _no_temp_files(tmp_path)
 
@@ -168,7 +174,7 @@ def test_download_dropped_connection(server, tmp_path):
     h.files["/w.pth"] = b"y" * 100_000
     dest = tmp_path / "w.pth"
     with pytest.raises(WeightsError, match="cut off|interrupted") as e:
-        W.download(f"{url}/drop/w.pth", _sha(b"y" * 100_000), dest, progress=False)
+        hub.download(f"{url}/drop/w.pth", _sha(b"y" * 100_000), dest, progress=False)
     assert f"{url}/drop/w.pth" in str(e.value)
     assert not dest.exists() and _no_temp_files(tmp_path)
 
@@ -180,7 +186,7 @@ def test_download_server_down(tmp_path):
     dest = tmp_path / "cache" / "inception_v3_google-0cc3c7bd.pth"
     url = f"http://127.0.0.1:{port}/{dest.name}"
     with pytest.raises(WeightsError) as e:
-        W.download(url, "0cc3c7bd", dest, progress=False, timeout=5)
+        hub.download(url, "0cc3c7bd", dest, progress=False, timeout=5)
     msg = str(e.value)
     assert url in msg and dest.name in msg and str(dest.parent) in msg and "--weights FILE" in msg
     assert not dest.exists() and _no_temp_files(dest.parent)
@@ -189,9 +195,9 @@ def test_download_server_down(tmp_path):
 def test_download_404_and_timeout(server, tmp_path):
     url, _ = server
     with pytest.raises(WeightsError, match="404"):
-        W.download(f"{url}/missing.pth", "0" * 8, tmp_path / "missing.pth", progress=False)
+        hub.download(f"{url}/missing.pth", "0" * 8, tmp_path / "missing.pth", progress=False)
     with pytest.raises(WeightsError, match="slow/x.pth: no answer within 0.3 s"):
-        W.download(f"{url}/slow/x.pth", "0" * 8, tmp_path / "x.pth", progress=False, timeout=0.3)
+        hub.download(f"{url}/slow/x.pth", "0" * 8, tmp_path / "x.pth", progress=False, timeout=0.3)
     assert _no_temp_files(tmp_path)
 
 
@@ -209,13 +215,13 @@ def _serve_entry(server, tmp_path, model, **entry_kw) -> WeightsEntry:
 def test_fetch_caches_and_refetches_corrupt(server, tmp_path, caplog):
     url, h = server
     entry = _serve_entry(server, tmp_path, _mini())
-    cached = W.cache_dir() / "weights" / entry.file_name
-    assert W.fetch(entry, progress=False) == cached and len(h.hits) == 1
-    W.fetch(entry, progress=False)
+    cached = hub.cache_dir() / "weights" / entry.file_name
+    assert hub.fetch(entry, progress=False) == cached and len(h.hits) == 1
+    hub.fetch(entry, progress=False)
     assert len(h.hits) == 1   # a good cached file is used as is
     cached.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
-        assert W.fetch(entry, progress=False) == cached
+        assert hub.fetch(entry, progress=False) == cached
     assert len(h.hits) == 2 and "fails its sha256" in caplog.text
     assert _sha(cached.read_bytes()) == entry.sha256
 
@@ -223,8 +229,8 @@ def test_fetch_caches_and_refetches_corrupt(server, tmp_path, caplog):
 def test_load_model_from_registry_name(server, tmp_path, monkeypatch):
     src = _mini()
     entry = _serve_entry(server, tmp_path, src)
-    monkeypatch.setitem(W.REGISTRY, "tiny", entry)
-    model = W.load_model("tiny", progress=False)
+    monkeypatch.setitem(registry.REGISTRY, "tiny", entry)
+    model = weights_load.load_model("tiny", progress=False)
     assert model.meta.source == "tiny" and model.meta.preprocess == entry.preprocess
     assert model.meta.sha256 == entry.sha256 and not model.training
     x = torch.randn(2, 3, 40, 40)
@@ -250,7 +256,7 @@ def test_read_state_dict_formats_and_wrappers(tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "sniffed.bin"))   # by content
     for name in [*cases, "w.safetensors", "sniffed.bin"]:
-        got, meta = W.read_state_dict(tmp_path / name)
+        got, meta = weights_io.read_state_dict(tmp_path / name)
         assert sorted(got) == sorted(sd), name
         assert all(torch.equal(got[k], sd[k]) for k in sd), name
         assert meta == ({"arch": "inception_mini", "num_classes": 10} if name == "ckpt.pt" else {}), name
@@ -260,7 +266,7 @@ def test_read_state_dict_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": _mini().state_dict(), "args": NeedsCode()}, path)
     with pytest.raises(WeightsError, match="arbitrary code execution") as e:
-        W.read_state_dict(path)
+        weights_io.read_state_dict(path)
     assert str(path) in str(e.value) and "safetensors" in str(e.value)
 
 
@@ -286,7 +292,7 @@ def test_read_state_dict_bad_files(tmp_path, kind):
         elif kind == "no_state_dict":
             torch.save({"epoch": 3, "lr": 0.1}, path)
     with pytest.raises(WeightsError) as e:
-        W.read_state_dict(path)
+        weights_io.read_state_dict(path)
     assert str(path) in str(e.value)
 
 
@@ -296,7 +302,7 @@ def test_read_state_dict_nan(tmp_path):
     sd["fc.bias"] = sd["fc.bias"].clone().fill_(float("inf"))
     torch.save(sd, tmp_path / "nan.pth")
     with pytest.raises(WeightsError, match="NaN or Inf") as e:
-        W.read_state_dict(tmp_path / "nan.pth")
+        weights_io.read_state_dict(tmp_path / "nan.pth")
     assert "inception1.branch1.weight" in str(e.value) and "fc.bias" in str(e.value)
 
 
@@ -311,7 +317,7 @@ def test_load_weights_mismatch_message(tmp_path):
     torch.save(sd, path)
     model = _mini(num_classes=10)
     with pytest.raises(WeightsError) as e:
-        W.load_weights(model, path)
+        weights_load.load_weights(model, path)
     msg = str(e.value)
     assert msg.startswith(str(path))
     assert "missing from the file (1): conv2.weight" in msg
@@ -320,7 +326,7 @@ def test_load_weights_mismatch_message(tmp_path):
     assert "class count differs" in msg
     # Non-strict loads what fits (fine-tuning with a new head).
     before = model.fc.weight.clone()
-    meta = W.load_weights(model, path, strict=False)
+    meta = weights_load.load_weights(model, path, strict=False)
     assert torch.equal(model.conv1.weight, sd["conv1.weight"]) and torch.equal(model.fc.weight, before)
     assert meta.num_classes == 10 and model.meta is meta
 
@@ -328,7 +334,7 @@ def test_load_weights_mismatch_message(tmp_path):
 def test_load_weights_wrong_arch_hint(tmp_path):
     torch.save(_mini().state_dict(), tmp_path / "mini.pth")
     with pytest.raises(WeightsError, match="wrong --arch.*inception_mini"):
-        W.load_weights(_v3(), tmp_path / "mini.pth")
+        weights_load.load_weights(_v3(), tmp_path / "mini.pth")
 
 
 def test_in_chans_3_to_1_sums_rgb_kernels(tmp_path):
@@ -340,7 +346,7 @@ def test_in_chans_3_to_1_sums_rgb_kernels(tmp_path):
                 m.running_var.uniform_(0.5, 1.5)
     torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
     gray = _v3(in_chans=1)
-    W.load_weights(gray, tmp_path / "rgb.pth")
+    weights_load.load_weights(gray, tmp_path / "rgb.pth")
     key = "Conv2d_1a_3x3.conv.weight"
     assert gray.state_dict()[key].shape == (32, 1, 3, 3)
     torch.testing.assert_close(gray.state_dict()[key], rgb.state_dict()[key].sum(1, keepdim=True))
@@ -356,12 +362,12 @@ def test_save_load_round_trip(tmp_path):
     names = [f"class {i}" for i in range(10)]
     pre = Preprocess(input_size=75, resize_size=86, interpolation="bicubic", mean=(0.4, 0.5, 0.6),
                      std=(0.2, 0.25, 0.3))
-    path = W.save_model(model, tmp_path / "out" / "m.safetensors", class_names=names, preprocess=pre,
+    path = weights_io.save_model(model, tmp_path / "out" / "m.safetensors", class_names=names, preprocess=pre,
                         extra={"epoch": 3})
     assert _no_temp_files(path.parent)
-    _, meta = W.read_state_dict(path)
-    assert meta["format"] == W.FORMAT and meta["extra"] == {"epoch": 3}
-    loaded = W.load_model(path)
+    _, meta = weights_io.read_state_dict(path)
+    assert meta["format"] == weights_io.FORMAT and meta["extra"] == {"epoch": 3}
+    loaded = weights_load.load_model(path)
     assert loaded.arch == "inception_v3" and loaded.config == model.config
     assert loaded.meta.class_names == names and loaded.meta.preprocess == pre
     assert loaded.meta.model_config == model.config and loaded.meta.source == str(path)
@@ -369,25 +375,25 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     # A new class count keeps the backbone and drops the old names.
-    five = W.load_model(path, num_classes=5)
+    five = weights_load.load_model(path, num_classes=5)
     assert five.num_classes == 5 and five.meta.class_names is None
     assert torch.equal(five.Mixed_7c.branch1x1.conv.weight, model.Mixed_7c.branch1x1.conv.weight)
 
 
 def test_save_model_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="class names"):
-        W.save_model(_mini(), tmp_path / "m.safetensors", class_names=["a", "b"])
+        weights_io.save_model(_mini(), tmp_path / "m.safetensors", class_names=["a", "b"])
     with pytest.raises(ValueError, match="safetensors"):
-        W.save_model(_mini(), tmp_path / "m.pt")
+        weights_io.save_model(_mini(), tmp_path / "m.pt")
 
 
 def test_train_checkpoint_meta(tmp_path):
     src = _mini(num_classes=3, dropout=0.1)
     pre = Preprocess(input_size=64, resize_size=72)
-    meta = {"format": W.FORMAT, "arch": "inception_mini", "model_config": src.config, "num_classes": 3,
+    meta = {"format": weights_io.FORMAT, "arch": "inception_mini", "model_config": src.config, "num_classes": 3,
             "class_names": ["a", "b", "c"], "preprocess": pre.to_dict()}
     torch.save({"model": src.state_dict(), "meta": meta, "epoch": 1}, tmp_path / "last.pt")
-    model = W.load_model(tmp_path / "last.pt")
+    model = weights_load.load_model(tmp_path / "last.pt")
     assert model.arch == "inception_mini" and model.config == src.config
     assert model.meta.class_names == ["a", "b", "c"] and model.meta.preprocess == pre
 
@@ -396,10 +402,10 @@ def test_torchvision_state_dict_infers_config(tmp_path, caplog):
     tv = torchvision.models.inception_v3(init_weights=False, aux_logits=True, num_classes=17).eval()
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     with caplog.at_level(logging.WARNING):
-        model = W.load_model(tmp_path / "tv.pth")
+        model = weights_load.load_model(tmp_path / "tv.pth")
     assert "guessing" in caplog.text   # bare state dict: preprocessing is a logged guess
     assert model.arch == "inception_v3" and model.num_classes == 17 and model.AuxLogits is not None
-    assert model.meta.preprocess == W.REGISTRY["imagenet"].preprocess and model.meta.class_names is None
+    assert model.meta.preprocess == registry.REGISTRY["imagenet"].preprocess and model.meta.class_names is None
     assert model.state_dict().keys() == tv.state_dict().keys()
     x = torch.randn(1, 3, 75, 75)
     with torch.no_grad():
@@ -409,9 +415,9 @@ def test_torchvision_state_dict_infers_config(tmp_path, caplog):
 def test_local_file_matching_registry_hash_gets_entry_meta(tmp_path, monkeypatch):
     path = tmp_path / "copy.pth"
     torch.save(_mini(num_classes=3).state_dict(), path)
-    entry = WeightsEntry("tiny", "https://example.com/tiny.pth", W.sha256_file(path)[:10], "inception_mini",
+    entry = WeightsEntry("tiny", "https://example.com/tiny.pth", hub.sha256_file(path)[:10], "inception_mini",
                          3, None, Preprocess(input_size=64, resize_size=80))
-    monkeypatch.setitem(W.REGISTRY, "tiny", entry)
+    monkeypatch.setitem(registry.REGISTRY, "tiny", entry)
     monkeypatch.setattr(WeightsEntry, "categories", lambda self: ["x", "y", "z"])
-    model = W.load_model(path)
+    model = weights_load.load_model(path)
     assert model.meta.preprocess == entry.preprocess and model.meta.class_names == ["x", "y", "z"]

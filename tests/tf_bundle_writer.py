@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from inceptionv3.tf_bundle import crc32c
+from inceptionv3.weights.convert.tf_bundle import crc32c
 
 MAGIC = 0xDB4775248B80FB57
 # numpy dtype -> TensorFlow DataType enum value

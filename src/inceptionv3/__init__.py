@@ -1,34 +1,49 @@
-"""InceptionV3 as faithful, fast, dependable software: classify, extract features, train, evaluate, score."""
+"""InceptionV3 as faithful, fast, dependable software: classify, extract features, train, evaluate, score.
+
+The public names resolve on first use (module ``__getattr__``), so ``import inceptionv3`` and
+``inceptionv3 --help`` load neither torch nor torchvision until something needs them.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-import os
+# public name -> the module that defines it ("" for a sub-package exported as it is)
+_API = {
+    "ARCHS": "models.builder", "build_model": "models.builder",
+    "TAPS": "models.taps",
+    "InceptionV3": "models.inception", "inception_v3": "models.inception",
+    "InceptionMini": "models.mini", "inception_mini": "models.mini",
+    "summarize": "models.summary",
+    "REGISTRY": "weights.registry", "WeightsError": "weights.errors",
+    "load_model": "weights.load", "load_weights": "weights.load", "save_model": "weights.io",
+    "Preprocess": "weights.preprocess", "load_image": "data.decode",
+    "predict": "tasks.predict", "extract_features": "tasks.features", "save_features": "tasks.features",
+    "evaluate": "tasks.evaluate",
+    "TrainConfig": "training.config", "train": "training.run",
+    "metrics": "",
+}
+__all__ = ["__version__", *_API]
+__getattr__, __dir__ = lazy_exports(__name__, _API)
 
-# OpenMP threads that spin while they wait take the time slice their partner needs whenever another
-# process shares the cores. A short spin before sleeping kept the quiet-machine speed and most of the
-# gain of never spinning under load (README, Precision and backends). The setting is read once, when
-# torch loads, so it is made before that; a wait policy or spin count the user exported wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "10000"
-
-# Functions are imported by name here, after their modules, so `inceptionv3.predict` is always the
-# function even though a module of the same name exists (a lazy import would let the module win).
-from .model import (  # noqa: E402
-    ARCHS, TAPS, InceptionMini, InceptionV3, build_model, inception_mini, inception_v3,
-)
-from .weights import REGISTRY, WeightsError, load_model, load_weights, save_model  # noqa: E402
-from .transforms import Preprocess, load_image  # noqa: E402
-from .predict import predict  # noqa: E402
-from .features import extract_features, save_features  # noqa: E402
-from .info import summarize  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from . import metrics  # noqa: E402
-
-__all__ = [
-    "__version__", "ARCHS", "TAPS", "InceptionV3", "InceptionMini", "build_model", "inception_v3",
-    "inception_mini", "REGISTRY", "WeightsError", "load_model", "load_weights", "save_model", "Preprocess",
-    "load_image", "predict", "extract_features", "save_features", "summarize", "TrainConfig", "train",
-    "evaluate", "metrics",
-]
+if TYPE_CHECKING:   # what static tools see; at run time the names above resolve lazily
+    from . import metrics
+    from .data.decode import load_image
+    from .models.builder import ARCHS, build_model
+    from .models.inception import InceptionV3, inception_v3
+    from .models.mini import InceptionMini, inception_mini
+    from .models.summary import summarize
+    from .models.taps import TAPS
+    from .tasks.evaluate import evaluate
+    from .tasks.features import extract_features, save_features
+    from .tasks.predict import predict
+    from .training.config import TrainConfig
+    from .training.run import train
+    from .weights.errors import WeightsError
+    from .weights.io import save_model
+    from .weights.load import load_model, load_weights
+    from .weights.preprocess import Preprocess
+    from .weights.registry import REGISTRY

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data import digits_split
+from .data.datasets import digits_split
 
 
 def write_digits(out: str | Path, count: int = 10, split: str = "val") -> list[Path]:

@@ -1,0 +1,143 @@
+"""What the commands share: exit codes, the one-line error, and the flags several commands take.
+
+Nothing here imports torch: every parser is built from torch-free constants, so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def add_inference_args(p: argparse.ArgumentParser, default_batch: int = 32,
+                       default_precision: str = "fp32") -> None:
+    """Inputs, weights and engine flags of the commands that run the network over image files."""
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files, folders (searched recursively), glob patterns, or @list.txt")
+    p.add_argument("--weights", default="imagenet",
+                   help="registry name (see 'inceptionv3 weights') or a weights file (default: imagenet)")
+    p.add_argument("--arch", default=None, choices=("inception_v3", "inception_mini"),
+                   help="network for a bare state-dict file (saved models and registry entries know it)")
+    p.add_argument("--batch-size", type=int, default=default_batch,
+                   help=f"images per batch (default {default_batch})")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode worker processes (default: chosen for the core count; 0 decodes in-process)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_engine_args(p, default_precision)
+
+
+def add_engine_args(p: argparse.ArgumentParser, default_precision: str = "fp32") -> None:
+    """--precision, --backend and --calibration: how the engine runs the network."""
+    from ..engine.options import BACKENDS, MIN_CALIBRATION_IMAGES, PRECISIONS
+
+    p.add_argument("--precision", default=default_precision, choices=("auto", *PRECISIONS),
+                   help="arithmetic: fp32 (exact), bf16 (where the CPU/GPU has it natively), int8 (CPU, needs "
+                        f"--calibration); auto = bf16 where native, else fp32 (default {default_precision})")
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="runtime; onnxruntime/openvino export the fused graph once to the cache "
+                        "(default auto: the fastest installed one for the precision)")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help=f"images like the inputs, to calibrate --precision int8 (at least "
+                        f"{MIN_CALIBRATION_IMAGES}; up to 256 used)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per config field (``--batch-size`` <-> ``batch_size``), help from the field's metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:                       # Optional[X]
+            kind = next(a for a in args if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f.metadata.get("help", "")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{helptext} (default {default})")
+        else:
+            choices = f.metadata.get("choices")
+            p.add_argument(flag, type=kind, default=default, choices=choices,
+                           help=f"{helptext} (default {default})")
+
+
+def config_from(cls: type, args: argparse.Namespace, **extra):
+    """The dataclass ``cls`` from the flags ``add_dataclass_args`` made (plus ``extra``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(extra)
+    return cls(**values)
+
+
+def csv_of(kind: type) -> Callable[[str], tuple]:
+    """'1,16' -> (1, 16): comma-separated flag values."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+    return parse
+
+
+def add_metric_parser(sub: argparse._SubParsersAction, name: str, helptext: str, inputs: int,
+                      description: str) -> argparse.ArgumentParser:
+    """The flags fid, kid, is and stats share: inputs, weights, mode, tap, batching and output."""
+    from ..metrics.modes import DIMS, MODES
+
+    p = sub.add_parser(name, help=helptext, description=description)
+    p.add_argument("a", metavar="A", help="image folder (or glob, @list.txt) or .npz statistics file")
+    if inputs == 2:
+        p.add_argument("b", metavar="B", help="image folder (or glob, @list.txt) or .npz statistics file")
+    p.add_argument("--weights", default="fid", help="registry name or weights file (default fid)")
+    # fid scores images the way a given statistics file was made unless told otherwise.
+    from_stats = " (default: a statistics input's, else {})" if name == "fid" else " (default {})"
+    p.add_argument("--mode", default=None if name == "fid" else "pytorch-fid", choices=MODES,
+                   help="preprocessing of the reference tool to match" + from_stats.format("pytorch-fid"))
+    if name != "is":   # the Inception Score reads the logits
+        p.add_argument("--dims", type=int, default=None if name == "fid" else 2048, choices=sorted(DIMS),
+                       help="feature tap" + from_stats.format(2048))
+    p.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def metric_kwargs(args: argparse.Namespace) -> dict:
+    return {"weights": args.weights, "mode": args.mode, "device": args.device, "batch_size": args.batch_size,
+            "workers": args.workers, "progress": show_progress(args)}
+
+
+def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:
+    """``fn(*a, **kw)`` with the MetricWarnings it raised gathered into its result's "warnings" list."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*a, **kw)
+    extra = [str(w.message) for w in caught if str(w.message) not in result.get("warnings", [])]
+    result["warnings"] = list(dict.fromkeys(result.get("warnings", []) + extra))
+    return result
+
+
+def report_metric(args: argparse.Namespace, result: dict, line: str) -> int:
+    """The warnings once each, then the result as one line or as JSON."""
+    import json
+    for w in result.get("warnings", []):
+        print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
+    print(json.dumps(result, indent=2) if args.format == "json" else line)
+    return EXIT_OK

@@ -1,0 +1,54 @@
+"""The ``inceptionv3`` command: one sub-command per module of this package, registered here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from .. import __version__
+from .common import EXIT_USAGE, CommandError
+
+# In the order `inceptionv3 --help` lists them.
+COMMANDS = ("predict", "features", "info", "weights", "train", "plot", "evaluate", "fid", "kid",
+            "inception_score", "stats", "export", "convert", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inceptionv3",
+        description="InceptionV3: classify images, extract features, train and evaluate.",
+        epilog="Run 'inceptionv3 COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"inceptionv3 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __package__)
+        module.add_parser(sub).set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Progress lines (training epochs, downloads) are INFO; -v adds DEBUG detail and tracebacks.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
+    from ..runtime.threads import prepare_process
+    prepare_process()
+    from ..weights.errors import WeightsError
+    try:
+        return args.func(args)
+    except (CommandError, WeightsError, ValueError, OSError, ImportError) as e:
+        # Our errors name the thing and the fix; a traceback would bury that. -v shows it anyway.
+        if args.verbose:
+            raise
+        print(f"inceptionv3 {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"inceptionv3 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

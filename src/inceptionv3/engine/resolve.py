@@ -1,0 +1,134 @@
+"""Fast inference engines: a fused graph, bf16 and int8 precision, and selectable runtimes.
+
+``fuse_for_inference`` rewrites a trained model for inference only: batch norm folded into the convs,
+and in every Mixed block the 1x1 convs that read the block input fused into one wider conv whose output
+is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The average-pool branch's
+1x1 conv joins that GEMM too: a bias-free 1x1 conv commutes with a 3x3 average pool (both are linear
+and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
+and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
+
+``build_engine`` wraps the model for one output (logits, pooled features or a tap) at one
+precision on one backend:
+
+| backend     | fp32                   | bf16                          | int8                                 |
+|-------------|------------------------|-------------------------------|--------------------------------------|
+| torch       | fused graph, oneDNN    | bf16 weights + activations    | -                                    |
+| onnxruntime | BN-folded graph        | -                             | static QDQ of the pools-moved graph  |
+| openvino    | BN folded, pools moved | inference hint bf16           | static QDQ of the BN-folded graph    |
+
+ONNX Runtime and OpenVINO get the BN-folded graph without the sibling fusion, which slowed both; "pools
+moved": each 3x3 average pool runs after its branch's 1x1 conv, where that was faster and agreed (see
+``build_engine``). int8 is quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated;
+so OpenVINO int8 needs onnxruntime installed too).
+
+Exported graphs are cached under ``$INCEPTIONV3_HOME/cache/engines`` keyed by a digest of the weights,
+input shape, output, precision and calibration images, so the export cost is paid once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .options import (
+    AUTO_EXPORT_MIN_IMAGES,
+    BACKENDS,
+    EXPORTED_OUTPUTS,
+    PACKAGES,
+    PRECISIONS,
+    SUPPORTED,
+)
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 runs natively: CPU with AMX or AVX512_BF16, or a CUDA device that supports bf16."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:   # not Linux: ask oneDNN
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
+def _installed(backend: str) -> bool:
+    if backend == "torch":
+        return True
+    import importlib.util
+    # the runtime, plus what exports our graph to it
+    return all(importlib.util.find_spec(p) is not None for p in (PACKAGES[backend][0], "onnx", "onnxscript"))
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu", backend: str = "torch") -> str:
+    """'auto' -> 'bf16' where it runs natively (and the backend has it), else 'fp32'.
+
+    An explicit choice that cannot run here raises ValueError naming the nearest one that can; there is
+    no silent fallback, since that would change results.
+    """
+    if precision not in ("auto",) + PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    have = SUPPORTED.get(backend, ())
+    if precision == "auto":
+        return "bf16" if native_bf16(dev) and "bf16" in have else "fp32"
+    if precision == "bf16" and not native_bf16(dev):
+        raise ValueError(f"precision bf16: this {dev.type.upper()} has no native bf16 "
+                         "(needs AMX or AVX512_BF16 on CPU, or a bf16-capable GPU); use --precision fp32"
+                         + ("" if dev.type != "cpu" else " or --precision int8"))
+    if precision == "int8" and dev.type != "cpu":
+        raise ValueError(f"precision int8 runs on the CPU only (OpenVINO or ONNX Runtime); use --device cpu, "
+                         f"or --precision bf16 on {dev}")
+    if precision not in have:
+        # fastest first on the CPUs measured (README, Benchmarks)
+        others = [b for b in ("openvino", "torch", "onnxruntime") if precision in SUPPORTED[b] and _installed(b)
+                  and not (b == "openvino" and precision == "int8" and not _installed("onnxruntime"))]
+        hint = (f"use --backend {others[0]} for {precision}" if others
+                else f"use --precision {have[0]} with --backend {backend}")
+        raise ValueError(f"precision {precision} is not available on the {backend} backend; {hint}")
+    return precision
+
+
+def resolve_backend(backend: str, precision: str = "fp32", device: str | torch.device = "cpu",
+                    output: str = "logits", images: int | None = None) -> str:
+    """'auto' -> the fastest installed backend for this precision and output (measured; see README).
+
+    int8 runs on OpenVINO where it and ONNX Runtime (its quantizer) are installed: 3-4x faster than
+    ONNX Runtime's int8 kernels here; else on ONNX Runtime. fp32 and bf16 run on OpenVINO (then ONNX
+    Runtime, fp32 only) when the job has at least ``AUTO_EXPORT_MIN_IMAGES`` images: they beat
+    oneDNN-in-torch here, and far more so when another process shares the cores, but the first run pays
+    a one-time export (5-10 s at 299 px on a quiet machine, more under load).
+    Smaller jobs, GPUs, taps other than logits/pool, and ``images=None`` stay on torch.
+    A named backend whose package is missing raises ValueError with the pip command and the nearest
+    available backend.
+    """
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
+    dev = torch.device(device)
+    if backend == "auto":
+        if precision == "int8":
+            backend = "openvino" if _installed("openvino") and _installed("onnxruntime") else "onnxruntime"
+        elif (dev.type == "cpu" and output in EXPORTED_OUTPUTS and images is not None
+              and images >= AUTO_EXPORT_MIN_IMAGES):
+            return next((b for b in ("openvino", "onnxruntime") if _installed(b) and precision in SUPPORTED[b]),
+                        "torch")
+        else:
+            return "torch"
+    if not _installed(backend):
+        package, cmd = PACKAGES[backend]
+        nearest = next((b for b in BACKENDS if _installed(b) and precision in SUPPORTED[b]), "torch")
+        raise ValueError(f"backend {backend} needs the {package} package: {cmd}; "
+                         f"or use --backend {nearest}")
+    if backend == "openvino" and precision == "int8" and not _installed("onnxruntime"):
+        raise ValueError("int8 on OpenVINO is quantized with ONNX Runtime's quantizer: "
+                         f"{PACKAGES['onnxruntime'][1]}; or use --precision bf16 --backend openvino")
+    if backend != "torch" and dev.type != "cpu":
+        raise ValueError(f"backend {backend} runs on the CPU here; use --device cpu or --backend torch")
+    if backend != "torch" and output not in EXPORTED_OUTPUTS:
+        raise ValueError(f"output {output!r} is computed by the torch backend only "
+                         f"({backend} runs {' and '.join(EXPORTED_OUTPUTS)}); use --backend torch")
+    return backend

@@ -1,0 +1,282 @@
+"""The math of generator metrics: Fréchet distance, KID, Inception Score, precision/recall. No I/O.
+
+Every function takes arrays (NumPy, or torch tensors to compute on their device) and returns numbers.
+Statistics and features are float64 throughout: the Fréchet distance subtracts nearly equal traces, and
+float32 covariances lose the digits that distinguish good generators.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+# Eigenvalues of sqrt(S1) S2 sqrt(S1) below -NEG_TOL * (largest eigenvalue) are reported: a PSD product
+# cannot have them, so they mean broken statistics (NaNs, a non-covariance), not rounding.
+NEG_TOL = 1e-6
+
+
+class MetricWarning(UserWarning):
+    """A metric was computed, but its inputs make it unreliable (too few samples, odd statistics)."""
+
+
+def _t64(x: Array, device: torch.device | None = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class FrechetResult:
+    """The Fréchet distance and what the computation saw on the way."""
+    value: float
+    mean_term: float            # ||mu1 - mu2||^2
+    trace_term: float           # tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))
+    min_eigenvalue: float | None      # smallest eigenvalue of S1 S2 (eigh route; None for sqrtm)
+    clipped: int                      # eigenvalues below zero that were clipped to zero (eigh route)
+    max_imag: float                   # largest |imaginary part| of sqrtm(S1 S2), dropped (sqrtm route)
+    method: str                       # "eigh" or "sqrtm"
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _check_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> None:
+    if mu1.dim() != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"mean vectors differ in shape: {tuple(mu1.shape)} vs {tuple(mu2.shape)}")
+    d = mu1.shape[0]
+    if s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"covariances must be {d} x {d} to match the means, got {tuple(s1.shape)} and "
+                         f"{tuple(s2.shape)}")
+    for name, t in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or Inf values; the statistics are broken")
+
+
+def _psd_sqrt(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt of a symmetric PSD matrix, its eigenvalues); rounding-level negative eigenvalues become 0."""
+    w, v = torch.linalg.eigh((s + s.T) / 2)
+    return (v * w.clamp(min=0).sqrt()) @ v.T, w
+
+
+def _similar_psd(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """A symmetric PSD matrix with the spectrum of S1 S2.
+
+    L^T S2 L for the Cholesky factor S1 = L L^T when S1 is positive definite (cheap); otherwise (fewer
+    samples than dims: S1 singular) sqrt(S1) S2 sqrt(S1) through a symmetric eigen-decomposition.
+    """
+    s1 = (s1 + s1.T) / 2
+    chol, info = torch.linalg.cholesky_ex(s1)
+    if int(info) == 0:
+        return chol.T @ s2 @ chol
+    root1, _ = _psd_sqrt(s1)
+    return root1 @ s2 @ root1
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    # Symmetric eigensolvers synchronise their threads at every column. On a shared two-core machine with
+    # one core busy, two threads made a 2048-d eigh 30x slower than one (30 s vs 1 s); the work is small
+    # next to feature extraction, so the CPU route runs on one thread.
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
+                    method: str = "eigh") -> FrechetResult:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), with diagnostics.
+
+    ``method="eigh"`` (default): tr sqrt(S1 S2) as the sum of square roots of the eigenvalues of a
+    symmetric PSD matrix with the spectrum of S1 S2: L^T S2 L for the Cholesky factor of S1, or
+    sqrt(S1) S2 sqrt(S1) (symmetric eigen-decomposition) when S1 is singular. Float64, no complex numbers,
+    so no "imaginary component" failure; fewer samples than dims is fine. Runs on the device of torch
+    inputs (on the CPU, on one thread).
+    ``method="sqrtm"``: pytorch-fid's route (scipy.linalg.sqrtm of S1 S2, eps 1e-6 on the diagonals when
+    the product is singular), kept to reproduce old numbers; a large imaginary part is warned about and
+    dropped instead of raising.
+    """
+    if method not in ("eigh", "sqrtm"):
+        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+    device = sigma1.device if isinstance(sigma1, torch.Tensor) else None
+    mu1_, s1, mu2_, s2 = (_t64(a, device) for a in (mu1, sigma1, mu2, sigma2))
+    _check_stats(mu1_, s1, mu2_, s2)
+    diff = mu1_ - mu2_
+    mean_term = float(diff @ diff)
+    traces = float(torch.trace(s1) + torch.trace(s2))
+    if method == "sqrtm":
+        tr_covmean, worst_imag = _sqrtm_trace(s1.cpu().numpy(), s2.cpu().numpy())
+        trace_term = traces - 2 * tr_covmean
+        return FrechetResult(mean_term + trace_term, mean_term, trace_term, None, 0, worst_imag, "sqrtm")
+
+    with _one_cpu_thread(s1.device):
+        m = _similar_psd(s1, s2)
+        lam = torch.linalg.eigvalsh((m + m.T) / 2)
+    lam_min, lam_max = float(lam[0]), float(lam[-1])
+    negative = lam < 0
+    clipped = int(negative.sum())
+    if lam_min < -NEG_TOL * max(lam_max, 1e-300):
+        warnings.warn(f"S1 S2 has a clearly negative eigenvalue ({lam_min:.3g}, largest "
+                      f"{lam_max:.3g}): the covariances are not valid covariance matrices; clipped to 0",
+                      MetricWarning, stacklevel=2)
+    tr_covmean = float(lam.clamp(min=0).sqrt().sum())
+    trace_term = traces - 2 * tr_covmean
+    return FrechetResult(mean_term + trace_term, mean_term, trace_term, lam_min, clipped, 0.0, "eigh")
+
+
+def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> tuple[float, float]:
+    """(tr sqrtm(S1 S2), largest |imaginary part|), pytorch-fid's calculate_frechet_distance route."""
+    from scipy import linalg  # scipy comes with scikit-learn, a core dependency
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # SciPy >= 1.16 deprecates disp=
+        covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    if not np.isfinite(covmean).all():
+        log.warning("legacy sqrtm: singular product; adding %g to the covariance diagonals", eps)
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    worst = 0.0
+    if np.iscomplexobj(covmean):
+        worst = float(np.max(np.abs(covmean.imag)))
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            # pytorch-fid raises "Imaginary component" here; we keep the real part and say so.
+            warnings.warn(f"legacy sqrtm: imaginary component {worst:.3g} dropped (pytorch-fid would stop "
+                          f"here); the default eigh route has no such failure", MetricWarning, stacklevel=3)
+        covmean = covmean.real
+    return float(np.trace(covmean)), worst
+
+
+def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array, method: str = "eigh") -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)); see ``frechet_details`` for the routes."""
+    return frechet_details(mu1, sigma1, mu2, sigma2, method).value
+
+
+@dataclass(frozen=True)
+class KIDResult:
+    mean: float
+    std: float
+    subsets: int
+    subset_size: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor, degree: int = 3, coef0: float = 1.0,
+                    gamma: float | None = None) -> float:
+    """Unbiased MMD^2 with the kernel k(a, b) = (gamma a.b + coef0)^degree, gamma = 1/dims by default."""
+    m = x.shape[0]
+    if y.shape[0] != m or m < 2:
+        raise ValueError(f"polynomial_mmd2 needs two sets of the same size >= 2, got {x.shape[0]} and "
+                         f"{y.shape[0]}")
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+    k_xx = (x @ x.T * g + coef0) ** degree
+    k_yy = (y @ y.T * g + coef0) ** degree
+    k_xy = (x @ y.T * g + coef0) ** degree
+    off_xx = k_xx.sum() - torch.diagonal(k_xx).sum()
+    off_yy = k_yy.sum() - torch.diagonal(k_yy).sum()
+    return float((off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+
+
+def kid(features1: Array, features2: Array, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 2020, degree: int = 3, coef0: float = 1.0, gamma: float | None = None) -> KIDResult:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased polynomial-kernel MMD^2 over random
+    subsets, mean and std. Subsets are drawn as torch-fidelity draws them (NumPy RandomState(seed),
+    without replacement, set 1 then set 2), so equal features and seed give its numbers."""
+    f1, f2 = _t64(features1), _t64(features2)
+    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"KID needs two N x D feature matrices of equal D, got {tuple(f1.shape)} and "
+                         f"{tuple(f2.shape)}")
+    n1, n2 = f1.shape[0], f2.shape[0]
+    if subset_size < 2:
+        raise ValueError(f"KID subset size must be at least 2, got {subset_size}")
+    if subset_size > min(n1, n2):
+        raise ValueError(f"KID subset size {subset_size} is larger than the number of images "
+                         f"({n1} and {n2}); use a subset size of at most {min(n1, n2)} "
+                         f"(--kid-subset-size), or more images")
+    if subsets < 1:
+        raise ValueError(f"KID needs at least one subset, got {subsets}")
+    rng = np.random.RandomState(seed)
+    values = np.empty(subsets)
+    for i in range(subsets):
+        a = f1[torch.from_numpy(rng.choice(n1, subset_size, replace=False)).to(f1.device)]
+        b = f2[torch.from_numpy(rng.choice(n2, subset_size, replace=False)).to(f2.device)]
+        values[i] = polynomial_mmd2(a, b, degree, coef0, gamma)
+    return KIDResult(float(values.mean()), float(values.std()), subsets, subset_size)
+
+
+@dataclass(frozen=True)
+class ISResult:
+    mean: float
+    std: float
+    splits: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def inception_score(logits: Array, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> ISResult:
+    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over splits.
+
+    ``logits`` are N x C (the FID net's 1008, without the fc bias as the original code and torch-fidelity
+    use). Rows are shuffled with NumPy RandomState(seed) first, as torch-fidelity does.
+    """
+    x = _t64(logits)
+    if x.dim() != 2:
+        raise ValueError(f"inception_score needs an N x C logits matrix, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if splits < 1 or n < splits:
+        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} images, got {n}")
+    if shuffle:
+        x = x[torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(x.device)]
+    p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        lo, hi = i * n // splits, (i + 1) * n // splits
+        q = p[lo:hi].mean(dim=0, keepdim=True)
+        kl = (p[lo:hi] * (log_p[lo:hi] - q.log())).sum(dim=1).mean()
+        scores.append(math.exp(float(kl)))
+    return ISResult(float(np.mean(scores)), float(np.std(scores)), splits)
+
+
+def _kth_radius(x: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    # Distance to the k-th nearest neighbour other than the point itself (index k after sorting, 0 = self).
+    return torch.cat([torch.cdist(b, x).kthvalue(k + 1, dim=1).values for b in x.split(block)])
+
+
+def _covered(q: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, block: int) -> torch.Tensor:
+    return torch.cat([(torch.cdist(b, ref) <= radii[None, :]).any(dim=1) for b in q.split(block)])
+
+
+def precision_recall(generated: Array, real: Array, k: int = 3, block: int = 4096) -> dict:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls, k=3 by default.
+
+    Precision: share of generated samples inside some real sample's k-NN ball; recall: share of real
+    samples inside some generated sample's ball. Memory is bounded by ``block`` rows of distances.
+    """
+    g, r = _t64(generated), _t64(real)
+    if g.dim() != 2 or r.dim() != 2 or g.shape[1] != r.shape[1]:
+        raise ValueError(f"precision/recall needs two N x D matrices of equal D, got {tuple(g.shape)} and "
+                         f"{tuple(r.shape)}")
+    if min(g.shape[0], r.shape[0]) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got "
+                         f"{g.shape[0]} and {r.shape[0]}")
+    precision = float(_covered(g, r, _kth_radius(r, k, block), block).double().mean())
+    recall = float(_covered(r, g, _kth_radius(g, k, block), block).double().mean())
+    return {"precision": precision, "recall": recall, "k": k}

@@ -1,0 +1,10 @@
+"""The choices a metric run is made of, without importing torch (the command line builds its flags from them)."""
+from __future__ import annotations
+
+from ..models.taps import TAPS
+
+# The reference tool whose preprocessing is matched: resize filter and the way pixels are quantised.
+MODES = ("pytorch-fid", "tf", "clean")
+
+# Feature dims -> tap, pytorch-fid's BLOCK_INDEX_BY_DIM over our TAPS table (spatial taps are averaged).
+DIMS: dict[int, str] = {TAPS[name].channels: name for name in ("maxpool1", "maxpool2", "Mixed_6e", "pool")}

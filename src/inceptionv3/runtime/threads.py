@@ -1,0 +1,74 @@
+"""Where the work runs: device choice and the thread budget.
+
+Two cores are easy to oversubscribe: with one core busy, 2-thread PyTorch runs at about a quarter of its
+quiet speed. Compute threads and decode workers are therefore budgeted together.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def prepare_process() -> None:
+    """Settings a command applies as it starts, before torch loads (never at import: a library leaves
+    its user's environment alone).
+
+    OpenMP threads that spin while they wait take the time slice their partner needs whenever another
+    process shares the cores; a short spin before sleeping keeps the quiet-machine speed and most of the
+    gain of never spinning under load (docs/performance.md). OpenMP reads the setting once, when torch
+    loads, so it is made only while torch is not loaded yet; a wait policy or spin count the user
+    exported wins.
+    """
+    if "torch" in sys.modules:
+        return
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity set, shared equally by the processes torchrun
+    started on this machine (LOCAL_WORLD_SIZE), so N ranks on one machine do not oversubscribe it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_procs = 1
+    return max(1, cores // local_procs)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; an unavailable explicit choice is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def set_compute_threads(workers: int, threads: int | None = None) -> int:
+    """Give torch the cores the decode workers leave free (at least one), unless told otherwise.
+
+    ``INCEPTIONV3_NUM_THREADS`` overrides the default, so a test suite or a shared machine can pin it.
+    """
+    import torch
+
+    if threads is None:
+        env = os.environ.get("INCEPTIONV3_NUM_THREADS")
+        threads = int(env) if env else max(1, available_cores() - workers)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        log.debug("torch compute threads: %d (decode workers: %d)", threads, workers)
+    return threads

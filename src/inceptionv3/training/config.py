@@ -1,0 +1,214 @@
+"""Training: the small-data recipe as small functions, on one process or many (torchrun), crash-safe.
+
+Recipe (works from scratch on a few thousand images, e.g. the embedded digits): AdamW without weight
+decay on BN and bias parameters, a one-cycle LR schedule stepped per optimizer step, label smoothing 0.1,
+gradient clipping at 2.0, aux loss weighted 0.4 when the aux head is on (only possible at >= 299 px).
+
+A run folder holds: config.json (the TrainConfig, written first), metrics.jsonl (one JSON line per
+epoch), last.pt (the newest checkpoint: model, optimizer, scheduler, every rank's RNG states, epoch and
+step within it, partial epoch sums, history, config, class names, and a digest of it all), checkpoints/
+(the last `keep_last` checkpoints, hard links named by global step), best.safetensors (the best
+held-out top-1 so far, with class names and preprocessing, loadable by `weights.load_model`),
+confusion.json (that epoch's held-out confusion matrix), bad_images.txt (images skipped, when any) and
+tensorboard/ (event files, when tensorboard is installed). Checkpoint files are handled by `checkpoint.py`.
+
+By default the step runs in bf16 autocast where the hardware has native bf16 (`--amp auto`) on
+channels-last tensors; `--grad-checkpointing` trades compute for memory and `--compile` runs the forward
+through torch.compile. A linear probe computes the frozen backbone's features once (`cache_features`).
+
+Checkpoints are written atomically every epoch and every `save_every` steps; `resume` continues from the
+newest one that loads and matches its digest. The data order is a pure function of (seed, epoch) and each
+sample's augmentation of (seed, epoch, index), so a resumed or multi-process run sees exactly the batches
+an uninterrupted single-process run sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FOLDER_CROP_FRACTION = 0.875  # folders: resize to size / 0.875, center-crop size (the Inception eval crop)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; one field per `inceptionv3 train` flag, saved as config.json."""
+
+    data: str = field(metadata={
+        "help": "'digits', an image folder (class sub-folders, or train/ and val/), or a .csv/.jsonl list "
+                "of path,label (or a folder with train.csv and val.csv)"})
+    out: str = field(default="runs/train", metadata={"help": "run folder for checkpoints and metrics"})
+    arch: str = field(default="inception_v3", metadata={
+        "help": "network", "choices": ("inception_v3", "inception_mini")})
+    epochs: int = field(default=6, metadata={"help": "passes over the training images"})
+    batch_size: int = field(default=32, metadata={
+        "help": "images per optimizer step over all processes (under torchrun each takes an equal share)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW decay (not on BN or bias parameters)"})
+    image_size: int = field(default=75, metadata={
+        "help": "input side in pixels (>= 75; the aux head needs >= 299)"})
+    weights: str | None = field(default=None, metadata={
+        "help": "start from these weights (registry name or file); a new class set gets a fresh classifier"})
+    aux_logits: bool | None = field(default=None, metadata={
+        "help": "train the aux head (default: on for inception_v3 at >= 299 px)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    clip_grad: float = field(default=2.0, metadata={"help": "clip the gradient norm to this (0: off)"})
+    aux_weight: float = field(default=0.4, metadata={"help": "weight of the aux head's loss"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
+    workers: int | None = field(default=None, metadata={
+        "help": "decode worker processes (default: chosen for the core count)"})
+    val_fraction: float = field(default=0.2, metadata={
+        "help": "held-out share of a single image folder (ignored for digits and train/ + val/ folders)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch compute threads (default: cores left after the decode workers)"})
+    limit: int | None = field(default=None, metadata={"help": "use at most this many training images"})
+    dropout: float | None = field(default=None, metadata={
+        "help": "dropout before the classifier (default: the network's, 0.5)"})
+    balanced: bool = field(default=False, metadata={
+        "help": "draw every class equally often (with replacement), for imbalanced data"})
+    augment: bool = field(default=True, metadata={
+        "help": "random crops (and flips for folders) while training"})
+    resume: str | None = field(default=None, metadata={
+        "help": "continue the run in this folder from its latest good checkpoint (give the run's own flags)"})
+    save_every: int = field(default=0, metadata={
+        "help": "also checkpoint every this many steps inside an epoch (0: at epoch ends only)"})
+    save_minutes: float = field(default=0.0, metadata={
+        "help": "also checkpoint inside an epoch once this many minutes passed since the last one (0: off)"})
+    keep_last: int = field(default=3, metadata={
+        "help": "keep this many recent checkpoints in checkpoints/ besides last.pt and best.safetensors"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "deterministic kernels, so a resumed run ends with the weights of an uninterrupted one"})
+    skip_nonfinite: bool = field(default=False, metadata={
+        "help": "skip (and count) steps whose loss is NaN/Inf instead of stopping"})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "under torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)"})
+    freeze_until: str | None = field(default=None, metadata={
+        "help": "freeze the network from the input up to and including this block (e.g. Mixed_6e; "
+                "'all': the whole backbone); frozen batch norms stay in eval mode"})
+    amp: str = field(default="auto", metadata={
+        "help": "mixed precision: auto (bf16 where the device computes it natively: CPUs with AMX or "
+                "AVX512-BF16, CUDA GPUs with bf16; fp32 elsewhere), bf16 autocast, fp16 autocast with a "
+                "gradient scaler (for GPUs), or off; weights and optimizer stay fp32",
+        "choices": ("auto", "off", "bf16", "fp16")})
+    accum_steps: int = field(default=1, metadata={
+        "help": "split each step's batch into this many micro-batches, accumulating gradients (less memory, "
+                "same step; batch-norm statistics are then per micro-batch)"})
+    channels_last: bool = field(default=True, metadata={
+        "help": "NHWC memory layout (faster convolutions on recent CPUs and GPUs)"})
+    grad_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute the Mixed blocks' activations in the backward pass instead of keeping them "
+                "(less memory, so larger batches fit; a step took 14% longer in benchmarks/bench_train.py)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the training forward (slow to start; pays off on long runs)"})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend for --compile (aot_eager: no C++ compiler needed)"})
+    recipe: str | None = field(default=None, metadata={
+        "help": "named preset (see RECIPES) for the flags left at their defaults; explicit flags win",
+        "choices": ("paper", "finetune", "linear-probe")})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw; rmsprop (decay 0.9, eps 1.0, momentum 0.9, as in the paper); sgd (momentum 0.9, "
+                "nesterov)",
+        "choices": ("adamw", "rmsprop", "sgd")})
+    schedule: str = field(default="onecycle", metadata={
+        "help": "onecycle; step (x0.94 every 2 epochs, the paper's); cosine (to 0)",
+        "choices": ("onecycle", "step", "cosine")})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "linear LR warm-up before the step or cosine schedule (one-cycle has its own)"})
+    backbone_lr_scale: float = field(default=1.0, metadata={
+        "help": "the backbone's LR relative to the head's (fc, aux): < 1 when fine-tuning"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "keep an exponential moving average of the weights with this per-step decay, and evaluate "
+                "and save it as best (0: off)"})
+    crop_scale: float | None = field(default=None, metadata={
+        "help": "smallest crop area of the random-resized crop (default: 0.85 digits, 0.25 folders)"})
+    strict: bool = field(default=False, metadata={
+        "help": "with --weights: stop with an error instead of starting a fresh classifier when the file's "
+                "classifier does not fit the data's classes"})
+    cache_features: bool = field(default=True, metadata={
+        "help": "linear probe (--freeze-until all, --no-augment, no aux head, no EMA): compute the frozen "
+                "backbone's features once and train the head on them every epoch"})
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
+                    "accum_steps": self.accum_steps}
+        bad = [f"{k}={v!r}" for k, v in positive.items() if not isinstance(v, int) or v < 1]
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            bad.append(f"lr={self.lr!r}")
+        if self.limit is not None and self.limit < 1:
+            bad.append(f"limit={self.limit!r}")
+        if self.save_every < 0 or self.keep_last < 0 or self.save_minutes < 0:
+            bad.append(f"save_every={self.save_every!r}, save_minutes={self.save_minutes!r}, "
+                       f"keep_last={self.keep_last!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            bad.append(f"dropout={self.dropout!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad.append(f"ema_decay={self.ema_decay!r}")
+        if self.warmup_epochs < 0 or self.backbone_lr_scale < 0:
+            bad.append(f"warmup_epochs={self.warmup_epochs!r}, backbone_lr_scale={self.backbone_lr_scale!r}")
+        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
+            bad.append(f"crop_scale={self.crop_scale!r}")
+        if bad:
+            raise ValueError(f"invalid training config: {', '.join(bad)} "
+                             "(sizes must be positive, counts >= 0, dropout and ema_decay in [0, 1))")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a typo, or a config from a newer version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a run folder's config.json (or a JSON file of the same form)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+# Named presets: each sets the fields it lists, unless the field was given a non-default value.
+PAPER_LR, PAPER_BATCH = 0.045, 1600
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Szegedy et al. 2016, section 8: RMSProp (decay 0.9, eps 1.0; momentum 0.9), lr 0.045 x0.94 every 2
+    # epochs (scaled with the global batch relative to the paper's 1,600, after a warm-up), clipping at 2.0, label
+    # smoothing 0.1, aux head weighted 0.4, weight decay 4e-5, crops of 8-100% of the area + flips, 299 px,
+    # and an exponential moving average of the weights for evaluation.
+    "paper": {"optimizer": "rmsprop", "schedule": "step", "lr": PAPER_LR, "warmup_epochs": 2.0,
+              "clip_grad": 2.0, "label_smoothing": 0.1, "aux_weight": 0.4, "weight_decay": 4e-5,
+              "image_size": 299, "crop_scale": 0.08, "ema_decay": 0.9999},
+    # From weights: a new head at the full LR, the backbone at a tenth; SGD + cosine after a short warm-up.
+    "finetune": {"optimizer": "sgd", "schedule": "cosine", "lr": 0.01, "backbone_lr_scale": 0.1,
+                 "warmup_epochs": 1.0, "weight_decay": 1e-4},
+    # Only the head trains (backbone frozen, its batch norms in eval mode), on unaugmented images, so the
+    # backbone's features are computed once and reused every epoch (`cache_features`).
+    "linear-probe": {"freeze_until": "all", "optimizer": "adamw", "schedule": "cosine", "lr": 0.01,
+                     "weight_decay": 0.0, "augment": False, "aux_logits": False},
+}
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its recipe's values for every field still at the default (explicit flags win).
+
+    The paper's LR is scaled linearly with the global batch: 0.045 x batch_size / 1600. A flag given
+    with exactly the default value cannot be told from no flag; the recipe's value is used then.
+    """
+    if cfg.recipe is None:
+        return cfg
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) == defaults[k]}
+    if cfg.recipe == "paper" and "lr" in values:
+        values["lr"] = PAPER_LR * cfg.batch_size / PAPER_BATCH
+    return dataclasses.replace(cfg, **values)
