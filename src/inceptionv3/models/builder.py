@@ -31,6 +31,12 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The TF "2015-12-05" graph that FID, KID and the Inception Score are defined on (pytorch-fid's port):
+# 1008 classes, no aux head, TF's padding-excluded average pools, a max-pool in Mixed_7c's pool branch.
+FID_GRAPH: dict[str, object] = {"num_classes": 1008, "aux_logits": False, "count_include_pad": False,
+                                "last_pool": "max"}
+
+
 def build_model(arch: str, **config) -> nn.Module:
     """Build a network by name with its constructor arguments (as saved in ``model.config``)."""
     if arch not in ARCHS:
