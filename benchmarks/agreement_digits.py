@@ -24,7 +24,7 @@ from inceptionv3.runtime.files import write_text_atomic
 
 PAIRS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
          ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
-TARGETS = {"bf16": 99.5, "int8": 99.0}   # issue targets: top-1 agreement with fp32, percent
+TARGETS = {"bf16": 99.5, "int8": 99.0}   # the agreement we hold the engines to: top-1 with fp32, percent
 
 
 def images(weights_model: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
