@@ -102,7 +102,7 @@ class TrainConfig:
         "help": "NHWC memory layout (faster convolutions on recent CPUs and GPUs)"})
     grad_checkpointing: bool = field(default=False, metadata={
         "help": "recompute the Mixed blocks' activations in the backward pass instead of keeping them "
-                "(less memory, so larger batches fit; a step took 14% longer in benchmarks/bench_train.py)"})
+                "(less memory, so larger batches fit; each step takes longer: see benchmarks/bench_train.py)"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the training forward (slow to start; pays off on long runs)"})
     compile_backend: str = field(default="inductor", metadata={
