@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench docs clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_inference.py
+
+# docs/cli.md from the command's parsers (torch-free: any Python >= 3.10 runs it, no .venv needed).
+docs:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) scripts/cli_reference.py
 
 clean:
 	rm -rf runs .pytest_cache
