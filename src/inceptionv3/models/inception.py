@@ -1,4 +1,4 @@
-"""InceptionV3 as released, and the compact two-module network from the project's source document.
+"""InceptionV3 as released, written block by block like the paper: ``InceptionA``-``E``, ``InceptionAux``.
 
 The network follows the graph that torchvision, timm, Keras and TF-slim all ship (Szegedy et al.,
 "Rethinking the Inception Architecture for Computer Vision", 2015). It differs from the paper's Table 1:
@@ -18,11 +18,11 @@ torchvision and timm checkpoints load with ``strict=True``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import (
@@ -43,6 +43,8 @@ _STAGES = (
 
 
 class BasicConv2d(nn.Module):
+    """Every conv of the network: Conv2d without bias, BatchNorm (TF's eps=0.001), ReLU."""
+
     def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
@@ -233,8 +235,8 @@ class InceptionV3(Classifier):
             raise ValueError(f"last_pool must be 'avg' or 'max', got {last_pool!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.config = dict(num_classes=num_classes, aux_logits=aux_logits, dropout=dropout, in_chans=in_chans,
-                           count_include_pad=count_include_pad, last_pool=last_pool)
+        self.config = {"num_classes": num_classes, "aux_logits": aux_logits, "dropout": dropout,
+                       "in_chans": in_chans, "count_include_pad": count_include_pad, "last_pool": last_pool}
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.aux_logits = aux_logits
@@ -258,7 +260,7 @@ class InceptionV3(Classifier):
         self.Mixed_6c = InceptionC(768, channels_7x7=160, count_include_pad=pad)
         self.Mixed_6d = InceptionC(768, channels_7x7=160, count_include_pad=pad)
         self.Mixed_6e = InceptionC(768, channels_7x7=192, count_include_pad=pad)
-        self.AuxLogits: Optional[InceptionAux] = InceptionAux(768, num_classes) if aux_logits else None
+        self.AuxLogits: InceptionAux | None = InceptionAux(768, num_classes) if aux_logits else None
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, count_include_pad=pad)
         self.Mixed_7c = InceptionE(2048, count_include_pad=pad, max_pool=last_pool == "max")
@@ -342,7 +344,7 @@ class InceptionV3(Classifier):
         return x
 
     @torch.jit.unused
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, aux_logits); aux_logits is None when the model has no aux head."""
         if self.AuxLogits is None:
             return self.forward(x), None

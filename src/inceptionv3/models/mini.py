@@ -1,27 +1,12 @@
-"""InceptionV3 as released, and the compact two-module network from the project's source document.
-
-The network follows the graph that torchvision, timm, Keras and TF-slim all ship (Szegedy et al.,
-"Rethinking the Inception Architecture for Computer Vision", 2015). It differs from the paper's Table 1:
-
-- stem: Table 1 lists conv 3x3/2, conv 3x3, conv padded 3x3, pool, then three 3x3 convs (80, 192, 288
-  channels). The released graph uses pool -> 1x1 conv (80) -> 3x3 conv (192) -> pool, and the first
-  Inception blocks take 192 channels at 35x35;
-- Table 1 has 3 / 5 / 2 modules per grid size; the released graph has 3 (Mixed_5b-5d), 4 (Mixed_6b-6e)
-  and 2 (Mixed_7b-7c), with the grid reductions Mixed_6a and Mixed_7a written as their own blocks;
-- the 35x35 blocks keep one 5x5 conv branch (Figure 5 replaces every 5x5 by two 3x3s);
-- batch norm follows every conv (the paper's "BN-auxiliary" applies it to the aux head only),
-  and the aux head sits on Mixed_6e (17x17).
-
-Every conv is Conv(bias=False) + BatchNorm(eps=0.001) + ReLU. State-dict keys equal torchvision's, so
-torchvision and timm checkpoints load with ``strict=True``.
-"""
+"""The seed network: the compact two-module ``InceptionMini`` exactly as the project's source document
+prints it, a small fast model for small images behind the same forward contract as InceptionV3."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Classifier, check_input_size
 from .taps import validate_taps
@@ -68,7 +53,7 @@ class InceptionMini(Classifier):
         super().__init__()
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-        self.config = dict(num_classes=num_classes, dropout=dropout, in_chans=in_chans)
+        self.config = {"num_classes": num_classes, "dropout": dropout, "in_chans": in_chans}
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.aux_logits = False
@@ -101,7 +86,7 @@ class InceptionMini(Classifier):
         return self.inception2(x)      # N x 288 x 7 x 7
 
     @torch.jit.unused
-    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.forward(x), None
 
     @torch.jit.unused

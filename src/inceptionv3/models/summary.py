@@ -1,14 +1,16 @@
-"""What a network costs: parameters, multiply-adds, and each block's output shape."""
+"""What a network costs: parameters, multiply-adds and each block's output shape, from one forward pass
+(``summarize``), and its text table (``format_summary``, what ``inceptionv3 info`` prints)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 @dataclass
 class BlockInfo:
+    """One top-level block of the network."""
     name: str
     output_shape: tuple[int, ...]     # C x H x W, or D for vectors
     params: int
@@ -17,6 +19,7 @@ class BlockInfo:
 
 @dataclass
 class ModelSummary:
+    """The whole network at one input size."""
     arch: str
     input_size: tuple[int, int]
     params: int
@@ -72,6 +75,7 @@ def summarize(model: nn.Module, input_size: int | tuple[int, int] = 299) -> Mode
 
 
 def format_summary(s: ModelSummary) -> str:
+    """The summary as the text table ``inceptionv3 info`` prints."""
     lines = [
         f"arch              {s.arch}",
         f"input             {s.input_size[0]} x {s.input_size[1]}",
