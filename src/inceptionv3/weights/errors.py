@@ -1,11 +1,4 @@
-"""Named pretrained weights, and reading and writing weights files.
-
-A registry of frozen entries says where each set of weights lives, its hash, and everything a caller needs
-to use it right: class names, model arguments and, above all, the preprocessing the weights expect.
-Downloads are verified against the entry's hash and cached; files are read without running pickled code
-(``weights_only=True`` or safetensors); our own saved models carry their arch, config, class names and
-preprocessing as safetensors metadata, so one file is enough to rebuild the model.
-"""
+"""The one error type of the weights package, torch-free so the command line can catch it cheaply."""
 from __future__ import annotations
 
 

@@ -1,11 +1,6 @@
-"""Named pretrained weights, and reading and writing weights files.
-
-A registry of frozen entries says where each set of weights lives, its hash, and everything a caller needs
-to use it right: class names, model arguments and, above all, the preprocessing the weights expect.
-Downloads are verified against the entry's hash and cached; files are read without running pickled code
-(``weights_only=True`` or safetensors); our own saved models carry their arch, config, class names and
-preprocessing as safetensors metadata, so one file is enough to rebuild the model.
-"""
+"""Downloads and the cache: each file verified against its entry's sha256 (or the prefix a publisher put
+in the file name) as it streams, moved into place only when complete, and pinned on first use for files
+published without a hash."""
 from __future__ import annotations
 
 import hashlib
@@ -18,19 +13,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
 
+from tqdm.auto import tqdm
+
+from ..runtime.files import write_text_atomic
 from .errors import WeightsError
 from .registry import WeightsEntry, check_sha
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-
 TIMEOUT_S = 30.0             # socket timeout for connecting and for each read while downloading
-
-
 _CHUNK = 1 << 20
 
 
@@ -47,7 +39,7 @@ def _weights_dir() -> Path:
     return path
 
 
-def sha256_file(path: PathLike) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Full hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -57,6 +49,7 @@ def sha256_file(path: PathLike) -> str:
 
 
 def sha_matches(expected: str, digest: str) -> bool:
+    """Whether ``digest`` (a full hex sha256) is the one ``expected`` names; "" never matches."""
     # A published prefix (e.g. the 8 hex digits in torchvision's file names) verifies only that prefix.
     return bool(expected) and digest.startswith(expected.lower())
 
@@ -69,7 +62,7 @@ def _unreachable(url: str, dest: Path, reason: str) -> WeightsError:
     )
 
 
-def download(url: str, sha256: Optional[str], dest: PathLike, progress: bool = True,
+def download(url: str, sha256: str | None, dest: str | os.PathLike, progress: bool = True,
              timeout: float = TIMEOUT_S) -> Path:
     """Download ``url`` to ``dest``, verifying its sha256 (full digest or published prefix).
 
@@ -77,8 +70,6 @@ def download(url: str, sha256: Optional[str], dest: PathLike, progress: bool = T
     The bytes stream into a temp file next to ``dest`` and are hashed on the way; only a complete, verified
     file is moved into place (os.replace), so ``dest`` is never half-written. Raises WeightsError.
     """
-    from tqdm.auto import tqdm
-
     if sha256 is not None:
         check_sha(sha256, f"download of {url}")
     dest = Path(dest)
@@ -158,8 +149,6 @@ def _pinned(entry: WeightsEntry) -> str:
 
 
 def _pin(entry: WeightsEntry, digest: str) -> None:
-    from ..runtime.files import write_text_atomic
-
     path = _pins_file()
     pins = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     pins[entry.url] = digest

@@ -1,11 +1,6 @@
-"""Named pretrained weights, and reading and writing weights files.
-
-A registry of frozen entries says where each set of weights lives, its hash, and everything a caller needs
-to use it right: class names, model arguments and, above all, the preprocessing the weights expect.
-Downloads are verified against the entry's hash and cached; files are read without running pickled code
-(``weights_only=True`` or safetensors); our own saved models carry their arch, config, class names and
-preprocessing as safetensors metadata, so one file is enough to rebuild the model.
-"""
+"""Reading and writing weights files: state dicts from .pth/.pt/.safetensors without running pickled code
+(``read_state_dict``), our self-describing .safetensors files (``save_model``: arch, config, class names
+and preprocessing as metadata, so one file rebuilds the model), and the state-dict digest."""
 from __future__ import annotations
 
 import hashlib
@@ -14,49 +9,41 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
-import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
 
 from ..runtime.files import atomic_path
 from .errors import WeightsError
 from .preprocess import Preprocess
 
+log = logging.getLogger(__name__)
+
+FORMAT = "inceptionv3/1"     # the "format" metadata value of the .safetensors files save_model writes
+# Metadata values that are JSON structures (safetensors metadata is str -> str).
+_JSON_FIELDS = ("model_config", "num_classes", "class_names", "preprocess", "extra", "metrics")
+# Wrapper keys of training checkpoints, in order of preference: the live weights before an EMA copy.
+_EMA_KEYS = ("ema", "model_ema", "state_dict_ema")
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", *_EMA_KEYS)
+_PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP and torch.compile wrappers
+
 
 @dataclass
 class ModelMeta:
-    """What a loaded model's weights say about how to use it."""
+    """What a loaded model's weights say about how to use it (``model.meta``)."""
     arch: str
     num_classes: int
     model_config: dict
     preprocess: Preprocess
-    class_names: Optional[list[str]]
+    class_names: list[str] | None
     source: str                 # registry name or file path
-    sha256: Optional[str]
-
-log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-FORMAT = "inceptionv3/1"     # the "format" metadata value of the .safetensors files save_model writes
-
-
-# Metadata values that are JSON structures (safetensors metadata is str -> str).
-_JSON_FIELDS = ("model_config", "num_classes", "class_names", "preprocess", "extra", "metrics")
-
-
-# Wrapper keys of training checkpoints, in order of preference: the live weights before an EMA copy.
-_EMA_KEYS = ("ema", "model_ema", "state_dict_ema")
-
-
-_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", *_EMA_KEYS)
-
-
-_PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP and torch.compile wrappers
+    sha256: str | None
 
 
 def state_dict_digest(model: nn.Module) -> str:
@@ -92,13 +79,11 @@ def _decode_meta(meta: Mapping[str, Any]) -> dict:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:   # safetensors raises its own error types for truncated / non-safetensors files
+            sd = {k: f.get_tensor(k) for k in f.keys()}   # noqa: SIM118 (a file handle, not a dict)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for truncated / foreign files
         raise WeightsError(f"{path}: not a readable .safetensors file ({e}); it may be truncated") from None
     return sd, _decode_meta(meta)
 
@@ -118,7 +103,7 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"safetensors.torch.save_file(sd, 'weights.safetensors')."
             ) from None
         raise WeightsError(f"{path}: not a PyTorch weights file ({e})") from None
-    except Exception as e:   # torch raises RuntimeError, EOFError, OSError, KeyError ... for damaged files
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, OSError, KeyError ...
         raise WeightsError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it may be truncated "
                            f"or not a weights file") from None
@@ -163,13 +148,14 @@ def _strip_prefixes(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.
 
 
 def check_finite(sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run), naming the file and the first such tensors."""
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise WeightsError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf, first: {bad[:5]}; "
                            f"the weights are broken (diverged training?)")
 
 
-def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, metadata) of a .pth/.pt or .safetensors file, without running pickled code.
 
     Strips 'module.' / '_orig_mod.' prefixes, unwraps training checkpoints ({"model": sd, "meta": ...},
@@ -204,22 +190,20 @@ def _contiguous_unshared(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def save_model(model: nn.Module, path: PathLike, class_names: Optional[list[str]] = None,
-               preprocess: Optional[Preprocess] = None, extra: Optional[dict] = None) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, class_names: list[str] | None = None,
+               preprocess: Preprocess | None = None, extra: dict | None = None) -> Path:
     """Write ``model`` as one self-describing .safetensors file, atomically.
 
     Metadata: format, arch, model_config, num_classes, class_names, preprocess and ``extra`` (JSON values),
     enough for ``load_model(path)`` to rebuild the same model. Class names and preprocessing default to
     ``model.meta``'s when it has them.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: save_model writes .safetensors files; use that suffix")
     config = dict(getattr(model, "config", {}))
     num_classes = int(getattr(model, "num_classes", config.get("num_classes", 0)))
-    meta: Optional[ModelMeta] = getattr(model, "meta", None)
+    meta: ModelMeta | None = getattr(model, "meta", None)
     if class_names is None and meta is not None and meta.class_names and len(meta.class_names) == num_classes:
         class_names = meta.class_names
     if preprocess is None and meta is not None:

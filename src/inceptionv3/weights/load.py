@@ -1,21 +1,18 @@
-"""Named pretrained weights, and reading and writing weights files.
-
-A registry of frozen entries says where each set of weights lives, its hash, and everything a caller needs
-to use it right: class names, model arguments and, above all, the preprocessing the weights expect.
-Downloads are verified against the entry's hash and cached; files are read without running pickled code
-(``weights_only=True`` or safetensors); our own saved models carry their arch, config, class names and
-preprocessing as safetensors metadata, so one file is enough to rebuild the model.
-"""
+"""Loading weights into a network: a registry name or a file, with one error that lists the missing,
+unexpected and mis-shaped keys and hints at the fix (``apply_state_dict``), and the model's ``meta``
+(class names, preprocessing, source) from the file, its registry entry, or a logged guess."""
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
+from ..models.builder import build_model
 from .errors import WeightsError
 from .hub import fetch_verified, sha256_file, sha_matches
 from .io import ModelMeta, read_state_dict
@@ -24,16 +21,13 @@ from .registry import REGISTRY, WeightsEntry
 
 log = logging.getLogger(__name__)
 
-
 # The first conv, whose input channels say in_chans, and the classifier, whose rows say num_classes.
 _FIRST_CONV = {"inception_v3": "Conv2d_1a_3x3.conv.weight", "inception_mini": "conv1.weight"}
-
-
 _CLASSIFIER = "fc.weight"
 
 
-def _resolve(name_or_path: Union[str, os.PathLike], progress: bool = True
-             ) -> tuple[Path, Optional[WeightsEntry], str, Optional[str]]:
+def _resolve(name_or_path: str | os.PathLike, progress: bool = True
+             ) -> tuple[Path, WeightsEntry | None, str, str | None]:
     """(local file, registry entry or None, source label, sha256 if already known). Registry names win
     over same-named paths (a dataset folder called 'imagenet' is common); pass a Path to force a file."""
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
@@ -47,17 +41,21 @@ def _resolve(name_or_path: Union[str, os.PathLike], progress: bool = True
     return path, None, str(path), None
 
 
-def entry_for_sha(digest: str) -> Optional[WeightsEntry]:
+def entry_for_sha(digest: str) -> WeightsEntry | None:
+    """The registry entry whose published sha256 (or prefix) this full digest matches, if any."""
     return next((e for e in REGISTRY.values() if sha_matches(e.sha256, digest)), None)
 
 
 def guess_preprocess(source: str) -> Preprocess:
+    """The ImageNet preset for weights that do not say how their inputs were preprocessed, with a
+    warning naming ``source``: results may be off, and the user should know why."""
     log.warning("%s does not say how its inputs were preprocessed; guessing the ImageNet preset "
                 "(resize 342, crop 299, mean=std=0.5). Results may be off if that is wrong.", source)
     return REGISTRY["imagenet"].preprocess
 
 
 def first_keys(keys: list[str], n: int = 5) -> str:
+    """The first ``n`` keys, comma-separated, and how many more there are: a key list for an error."""
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
 
@@ -140,8 +138,8 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], label: str, 
     model.load_state_dict(sd, strict=False)
 
 
-def _meta_for(meta: dict, entry: Optional[WeightsEntry], arch: str, model_config: dict, num_classes: int,
-              source: str, digest: Optional[str], keep_names: bool = True) -> ModelMeta:
+def _meta_for(meta: dict, entry: WeightsEntry | None, arch: str, model_config: dict, num_classes: int,
+              source: str, digest: str | None, keep_names: bool = True) -> ModelMeta:
     """The file's own metadata first, then its registry entry's, then a logged guess for preprocessing."""
     if meta.get("preprocess") is not None:
         try:
@@ -164,8 +162,8 @@ def _meta_for(meta: dict, entry: Optional[WeightsEntry], arch: str, model_config
                      class_names=list(names) if names is not None else None, source=source, sha256=digest)
 
 
-def _read(name_or_path: Union[str, os.PathLike], progress: bool = True
-          ) -> tuple[dict[str, torch.Tensor], dict, Optional[WeightsEntry], str, str]:
+def _read(name_or_path: str | os.PathLike, progress: bool = True
+          ) -> tuple[dict[str, torch.Tensor], dict, WeightsEntry | None, str, str]:
     """(state dict, metadata, registry entry by name or by hash, source label, sha256)."""
     path, entry, source, digest = _resolve(name_or_path, progress)
     sd, meta = read_state_dict(path)
@@ -178,7 +176,7 @@ def _read(name_or_path: Union[str, os.PathLike], progress: bool = True
     return sd, meta, entry, source, digest
 
 
-def load_weights(model: nn.Module, name_or_path: Union[str, os.PathLike], strict: bool = True) -> ModelMeta:
+def load_weights(model: nn.Module, name_or_path: str | os.PathLike, strict: bool = True) -> ModelMeta:
     """Load a registry name or weights file into ``model``; returns (and sets ``model.meta``) its ModelMeta.
 
     A 3-channel first conv is summed into a 1-channel model's. Any key or shape mismatch raises one
@@ -193,7 +191,7 @@ def load_weights(model: nn.Module, name_or_path: Union[str, os.PathLike], strict
     return model.meta
 
 
-def _infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+def _infer_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
     if "conv1.weight" in sd or any(k.startswith("inception1.") for k in sd):
         return "inception_mini"
     if _FIRST_CONV["inception_v3"] in sd:
@@ -214,7 +212,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], label: str) -> tuple[str, dict]
     return arch, config
 
 
-def load_model(name_or_path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
                progress: bool = True, **overrides: Any) -> nn.Module:
     """Build a model from a registry name or weights file and load it, in eval mode, with ``model.meta``.
 
@@ -222,8 +220,6 @@ def load_model(name_or_path: Union[str, os.PathLike], device: Union[str, torch.d
     state dicts) the tensor shapes. ``overrides`` are constructor kwargs (and ``arch``); a different
     ``num_classes`` keeps the backbone and starts a fresh classifier, ``aux_logits=False`` drops the aux head.
     """
-    from ..models.builder import build_model
-
     sd, meta, entry, source, digest = _read(name_or_path, progress)
     if meta.get("arch") is not None:
         arch, config = str(meta["arch"]), dict(meta.get("model_config") or {})

@@ -1,13 +1,5 @@
-"""Preprocessing presets and image decoding that survives real folders.
-
-Three concerns live here because every entry point needs all three together:
-
-* `Preprocess`: what a weights entry or saved model says about its inputs (sizes, interpolation,
-  mean/std), and the eval/train transforms built from it;
-* `load_image`: open any file PIL understands and return a plain 8-bit RGB or L image, or raise an
-  `ImageError` with a short human reason (never a PIL traceback);
-* `expand_paths`: turn command-line inputs (files, folders, globs, ``@list.txt``) into a list of files.
-"""
+"""``Preprocess``: what a network expects of its input images (sizes, interpolation, mean/std), stored
+with weights entries and saved models. Torch-free, so entries and parsers can use it at no cost."""
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +55,8 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         """Inverse of `to_dict`; missing keys take defaults, unknown keys are an error (likely a typo)."""
         if not isinstance(d, dict):
-            raise ValueError(f"Preprocess.from_dict expects a dict, got {type(d).__name__}")
+            # ValueError like every other bad field: callers catch one type for unusable metadata.
+            raise ValueError(f"Preprocess.from_dict expects a dict, got {type(d).__name__}")  # noqa: TRY004
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -76,7 +69,7 @@ class Preprocess:
 
 def _three_floats(name: str, value: object) -> tuple[float, float, float]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"Preprocess.{name} must be 3 numbers, got {value!r}")
+        raise ValueError(f"Preprocess.{name} must be 3 numbers, got {value!r}")  # noqa: TRY004
     items = list(value)
     if len(items) != 3:
         raise ValueError(f"Preprocess.{name} must be 3 numbers, got {len(items)}: {value!r}")
