@@ -1,32 +1,12 @@
-"""Convert InceptionV3 weights from other frameworks into our self-describing .safetensors files.
+"""Keras InceptionV3 weights (Keras 2 ``.h5`` from ``save_weights`` / ``save``, Keras 3 ``.weights.h5``).
 
-Every converter ends the same way: the tensors go through the strict loader (a shape check on every
-tensor; one error listing missing, unexpected and mis-shaped keys), then ``save_model`` writes the file
-with arch, model config, class names and preprocessing as metadata.
-
-Key maps:
-
-- torchvision / timm / pytorch-fid: the keys are already ours (torchvision's); the file is validated and
-  rewritten. pytorch-fid's file is the FID graph: 1008 classes, TF-style pooling, a max-pool in Mixed_7c.
-- Keras HDF5 (Keras 2 ``.h5`` from ``save_weights`` / ``save``, Keras 3 ``.weights.h5``):
-  ``conv2d[_k]`` -> the k-th ``*.conv.weight`` of ``CONV_ORDER`` (kernel HWIO -> OIHW, transposed);
-  ``batch_normalization[_k]`` -> the k-th ``*.bn``: beta -> bias, moving_mean -> running_mean,
-  moving_variance -> running_var, gamma -> weight (Keras' InceptionV3 has ``scale=False``: weight = 1);
-  ``predictions`` kernel (in, out) -> ``fc.weight`` (out, in, transposed), bias -> ``fc.bias``.
-  Layers are matched by creation order, i.e. the numeric suffix of their auto-generated names, never by
-  the order they are stored in the file (alphabetical: conv2d_10 before conv2d_2). Keras pools with
-  padding excluded, so the model is built with ``count_include_pad=False``; Keras has no aux head.
-- TF-slim checkpoints (``inception_v3.ckpt`` of ``inception_v3_2016_08_28.tar.gz``, a single-file V1
-  checkpoint; V2 ``PREFIX.index`` + ``PREFIX.data-*`` too), read by ``tf_bundle`` without TensorFlow:
-  ``InceptionV3/<scope>/weights`` -> ``<block>.conv.weight`` (HWIO -> OIHW, transposed), with scopes from
-  ``SLIM_CONV_SCOPES``; ``<scope>/BatchNorm/{beta,moving_mean,moving_variance}`` -> ``bn.{bias,running_mean,
-  running_var}``; slim's BN has ``scale=False``, so ``bn.weight`` = 1 (a ``BatchNorm/gamma`` is used if
-  present). ``Logits/Conv2d_1c_1x1`` and ``AuxLogits/Conv2d_2b_1x1`` are 1x1 convs with biases: weights
-  (1, 1, in, out) -> ``fc.weight`` / ``AuxLogits.fc.weight`` (out, in). 1001 classes, index 0 = background:
-  row 0 is dropped unless ``keep_background``. Slim pools with TF's SAME padding (padding excluded):
-  ``count_include_pad=False``. ``global_step`` and other tensors outside the ``InceptionV3/`` scope,
-  optimizer slots and ``ExponentialMovingAverage`` copies are skipped; ``ema=True`` takes a weight's
-  ``.../ExponentialMovingAverage`` copy instead of the weight where the file has one.
+The key map: ``conv2d[_k]`` -> the k-th ``*.conv.weight`` of ``conv_order()`` (kernel HWIO -> OIHW,
+transposed); ``batch_normalization[_k]`` -> the k-th ``*.bn``: beta -> bias, moving_mean -> running_mean,
+moving_variance -> running_var, gamma -> weight (Keras' InceptionV3 has ``scale=False``: weight = 1);
+``predictions`` kernel (in, out) -> ``fc.weight`` (out, in, transposed), bias -> ``fc.bias``. Layers are
+matched by creation order, i.e. the numeric suffix of their auto-generated names, never by the order they
+are stored in the file (alphabetical: conv2d_10 before conv2d_2). Keras pools with padding excluded, so
+the model is built with ``count_include_pad=False``; Keras has no aux head.
 """
 from __future__ import annotations
 
@@ -34,11 +14,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional, Union
 
+import numpy as np
 import torch
 
+from ...models.inception import BasicConv2d, inception_v3
 from ..errors import WeightsError
+from ..io import check_finite
 
 # Keras 3 .weights.h5 files name layers by class and position in ``model.layers`` (the Functional graph's
 # topological order: conv2d, conv2d_1, ...), not by layer name. Entry k is the creation index of the
@@ -53,9 +35,6 @@ KERAS3_CREATION_INDEX = (
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-
 _KERAS_BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
              "moving_variance": "running_var"}
 
@@ -66,8 +45,6 @@ def conv_order() -> list[str]:
     That order is our constructor's, minus the aux head (Keras has none): both follow the same graph code
     branch by branch.
     """
-    from ...models.inception import BasicConv2d, inception_v3
-
     with torch.device("meta"):
         model = inception_v3(num_classes=1, aux_logits=False, init_weights=False)
     return [name for name, m in model.named_modules() if isinstance(m, BasicConv2d)]
@@ -85,7 +62,6 @@ def _read_keras_layers(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         import h5py
     except ImportError:
         raise ImportError("reading Keras .h5 files needs h5py: pip install h5py") from None
-    import numpy as np
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
     try:
@@ -99,7 +75,7 @@ def _read_keras_layers(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
                         layers[name] = _name_keras3_vars(name, [np.asarray(v) for v in values])
             else:
                 # Keras 2 save_weights / save: (model_weights/)<name>/ with a weight_names attribute.
-                root = f["model_weights"] if "model_weights" in f else f
+                root = f.get("model_weights", f)
                 if "layer_names" not in root.attrs:
                     raise WeightsError(f"{path}: an HDF5 file, but not Keras weights (no 'layer_names' "
                                        f"attribute and no 'layers' group)")
@@ -125,14 +101,12 @@ def _name_keras3_vars(layer: str, values: list) -> dict[str, torch.Tensor]:
     t = [torch.from_numpy(v.copy()) for v in values]
     if layer.startswith("batch_normalization"):
         names = ["gamma", "beta", "moving_mean", "moving_variance"][-len(t):]   # gamma only if scale=True
-    elif layer.startswith("conv2d"):
-        names = ["kernel", "bias"][:len(t)]
-    else:
+    else:   # conv2d, dense
         names = ["kernel", "bias"][:len(t)]
     return dict(zip(names, t))
 
 
-def keras_state_dict(path: PathLike, num_classes: Optional[int] = None) -> dict[str, torch.Tensor]:
+def keras_state_dict(path: str | os.PathLike, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """Our state dict (no aux head) from a Keras InceptionV3 HDF5 weights file.
 
     A no-top file (``include_top=False``: no 'predictions' layer) cannot classify; it is refused unless
@@ -181,7 +155,11 @@ def keras_state_dict(path: PathLike, num_classes: Optional[int] = None) -> dict[
         sd["fc.weight"] = torch.zeros(num_classes, 2048)
         sd["fc.bias"] = torch.zeros(num_classes)
         log.info("%s has no top; added a zero %d-class classifier", path, num_classes)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise WeightsError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf, first: {bad[:5]}")
+    check_finite(sd, path)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def keras_config(sd: dict[str, torch.Tensor]) -> dict:
+    """Constructor arguments of the InceptionV3 a Keras state dict (``keras_state_dict``) fits."""
+    # Keras' AveragePooling2D(padding="same") excludes the padding from each average.
+    return {"num_classes": int(sd["fc.weight"].shape[0]), "aux_logits": False, "count_include_pad": False}

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -33,17 +33,9 @@ from ..errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-
 TABLE_MAGIC = 0xDB4775248B80FB57
-
-
 FOOTER_SIZE = 48          # two block handles padded to 40 bytes, then the 8-byte magic
-
-
 BLOCK_TRAILER = 5         # compression type (1 byte) + masked crc32c (4 bytes)
-
 
 # TensorFlow DataType enum -> (our name, numpy dtype of the little-endian bytes). bfloat16 travels as its
 # uint16 bit pattern (numpy has no bfloat16) and is reinterpreted by torch.
@@ -60,21 +52,15 @@ DTYPES: dict[int, tuple[str, str]] = {
     19: ("float16", "<f2"),
 }
 
-
 _NUMPY = {name: np.dtype(layout) for name, layout in DTYPES.values()}   # our name -> numpy dtype
-
-
 _TF_NAMES = {7: "string", 8: "complex64", 18: "complex128", 20: "resource", 21: "variant"}
-
 
 # TensorProto's typed value fields (V1 files store values there, not as raw bytes).
 _FLOAT_VAL, _DOUBLE_VAL, _INT_VAL, _INT64_VAL, _BOOL_VAL, _HALF_VAL = 5, 6, 7, 10, 11, 13
 
-
 _VALUE_FIELD = {"float32": _FLOAT_VAL, "float64": _DOUBLE_VAL, "int32": _INT_VAL, "int16": _INT_VAL,
                 "int8": _INT_VAL, "uint8": _INT_VAL, "int64": _INT64_VAL, "bool": _BOOL_VAL,
                 "float16": _HALF_VAL, "bfloat16": _HALF_VAL}
-
 
 _POLY = 0x82F63B78   # Castagnoli, reflected
 
@@ -90,11 +76,7 @@ def _make_table() -> list[int]:
 
 
 _TABLE = _make_table()
-
-
 _TABLE_NP = np.array(_TABLE, dtype=np.uint32)
-
-
 _LANES = 4096
 
 
@@ -177,7 +159,7 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Union[int, bytes]]]:
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """(field number, wire type, value) of a serialized message: int for varint/fixed, bytes for len."""
     pos, end = 0, len(buf)
     while pos < end:
@@ -214,7 +196,7 @@ def _shape(buf: bytes) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _extents(buf: bytes) -> list[tuple[int, Optional[int]]]:
+def _extents(buf: bytes) -> list[tuple[int, int | None]]:
     # TensorSliceProto: repeated Extent extent = 1 (start = 1, length = 2; no length = the whole dim).
     out = []
     for number, _, value in _fields(buf):
@@ -336,7 +318,7 @@ def _resolve(path: Path) -> tuple[str, Path]:
 class TFCheckpoint:
     """A TensorFlow checkpoint opened for reading: ``tensors`` lists what it holds, ``read`` loads one."""
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.format, target = _resolve(Path(path))
         self.label = str(target) + (".index" if self.format == "V2" else "")
         index_path = Path(self.label)
@@ -546,6 +528,6 @@ def _tensor_proto_values(buf: bytes, info: TensorInfo, count: int, dtype: np.dty
     return values
 
 
-def open_checkpoint(path: PathLike) -> TFCheckpoint:
+def open_checkpoint(path: str | os.PathLike) -> TFCheckpoint:
     """Open a TF checkpoint: a V2 prefix (``model.ckpt``), its ``.index`` / ``.data-*`` file, or a V1 file."""
     return TFCheckpoint(path)

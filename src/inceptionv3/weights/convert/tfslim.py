@@ -1,32 +1,15 @@
-"""Convert InceptionV3 weights from other frameworks into our self-describing .safetensors files.
+"""TF-slim InceptionV3 checkpoints (``inception_v3.ckpt`` of ``inception_v3_2016_08_28.tar.gz``, a
+single-file V1 checkpoint; V2 ``PREFIX.index`` + ``PREFIX.data-*`` too), read by ``tf_bundle``.
 
-Every converter ends the same way: the tensors go through the strict loader (a shape check on every
-tensor; one error listing missing, unexpected and mis-shaped keys), then ``save_model`` writes the file
-with arch, model config, class names and preprocessing as metadata.
-
-Key maps:
-
-- torchvision / timm / pytorch-fid: the keys are already ours (torchvision's); the file is validated and
-  rewritten. pytorch-fid's file is the FID graph: 1008 classes, TF-style pooling, a max-pool in Mixed_7c.
-- Keras HDF5 (Keras 2 ``.h5`` from ``save_weights`` / ``save``, Keras 3 ``.weights.h5``):
-  ``conv2d[_k]`` -> the k-th ``*.conv.weight`` of ``CONV_ORDER`` (kernel HWIO -> OIHW, transposed);
-  ``batch_normalization[_k]`` -> the k-th ``*.bn``: beta -> bias, moving_mean -> running_mean,
-  moving_variance -> running_var, gamma -> weight (Keras' InceptionV3 has ``scale=False``: weight = 1);
-  ``predictions`` kernel (in, out) -> ``fc.weight`` (out, in, transposed), bias -> ``fc.bias``.
-  Layers are matched by creation order, i.e. the numeric suffix of their auto-generated names, never by
-  the order they are stored in the file (alphabetical: conv2d_10 before conv2d_2). Keras pools with
-  padding excluded, so the model is built with ``count_include_pad=False``; Keras has no aux head.
-- TF-slim checkpoints (``inception_v3.ckpt`` of ``inception_v3_2016_08_28.tar.gz``, a single-file V1
-  checkpoint; V2 ``PREFIX.index`` + ``PREFIX.data-*`` too), read by ``tf_bundle`` without TensorFlow:
-  ``InceptionV3/<scope>/weights`` -> ``<block>.conv.weight`` (HWIO -> OIHW, transposed), with scopes from
-  ``SLIM_CONV_SCOPES``; ``<scope>/BatchNorm/{beta,moving_mean,moving_variance}`` -> ``bn.{bias,running_mean,
-  running_var}``; slim's BN has ``scale=False``, so ``bn.weight`` = 1 (a ``BatchNorm/gamma`` is used if
-  present). ``Logits/Conv2d_1c_1x1`` and ``AuxLogits/Conv2d_2b_1x1`` are 1x1 convs with biases: weights
-  (1, 1, in, out) -> ``fc.weight`` / ``AuxLogits.fc.weight`` (out, in). 1001 classes, index 0 = background:
-  row 0 is dropped unless ``keep_background``. Slim pools with TF's SAME padding (padding excluded):
-  ``count_include_pad=False``. ``global_step`` and other tensors outside the ``InceptionV3/`` scope,
-  optimizer slots and ``ExponentialMovingAverage`` copies are skipped; ``ema=True`` takes a weight's
-  ``.../ExponentialMovingAverage`` copy instead of the weight where the file has one.
+The key map: ``InceptionV3/<scope>/weights`` -> ``<block>.conv.weight`` (HWIO -> OIHW, transposed), with
+scopes from ``SLIM_CONV_SCOPES``; ``<scope>/BatchNorm/{beta,moving_mean,moving_variance}`` ->
+``bn.{bias,running_mean,running_var}``; slim's BN has ``scale=False``, so ``bn.weight`` = 1 (a
+``BatchNorm/gamma`` is used if present). ``Logits/Conv2d_1c_1x1`` and ``AuxLogits/Conv2d_2b_1x1`` are 1x1
+convs with biases: weights (1, 1, in, out) -> ``fc.weight`` / ``AuxLogits.fc.weight`` (out, in). 1001
+classes, index 0 = background: row 0 is dropped unless ``keep_background``. Slim pools with TF's SAME
+padding (padding excluded): ``count_include_pad=False``. ``global_step`` and other tensors outside the
+``InceptionV3/`` scope, optimizer slots and ``ExponentialMovingAverage`` copies are skipped; ``ema=True``
+takes a weight's ``.../ExponentialMovingAverage`` copy instead of the weight where the file has one.
 """
 from __future__ import annotations
 
@@ -34,16 +17,17 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
+from ...models.inception import inception_v3
 from ..errors import WeightsError
+from ..io import check_finite
+from ..load import first_keys
+from ..registry import REGISTRY
+from .tf_bundle import open_checkpoint
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 # Our conv block -> its TF-slim scope under "InceptionV3/", per block type (slim's nets/inception_v3.py).
 _SLIM_BRANCHES = {
@@ -69,11 +53,9 @@ _SLIM_BRANCHES = {
           ("branch_pool", "Branch_3/Conv2d_0b_1x1")),
 }
 
-
 _SLIM_BLOCKS = {"Mixed_5b": "A", "Mixed_5c": "A", "Mixed_5d": "A", "Mixed_6a": "B", "Mixed_6b": "C",
                 "Mixed_6c": "C", "Mixed_6d": "C", "Mixed_6e": "C", "Mixed_7a": "D", "Mixed_7b": "E",
                 "Mixed_7c": "E"}
-
 
 # Where the released graph's scope names break its own pattern.
 _SLIM_IRREGULAR = {
@@ -82,12 +64,9 @@ _SLIM_IRREGULAR = {
     "Mixed_7c.branch3x3_2b": "Mixed_7c/Branch_1/Conv2d_0c_3x1",
 }
 
-
 _SLIM_STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
 
-
 _SLIM_AUX = {"AuxLogits.conv0": "AuxLogits/Conv2d_1b_1x1", "AuxLogits.conv1": "AuxLogits/Conv2d_2a_5x5"}
-
 
 # Our conv block (BasicConv2d: conv without bias + BN) -> TF-slim scope: the written key map.
 SLIM_CONV_SCOPES: dict[str, str] = {
@@ -97,24 +76,16 @@ SLIM_CONV_SCOPES: dict[str, str] = {
     **_SLIM_AUX,
 }
 
-
 # Classifiers: slim's 1x1 convs with biases -> our Linear layers.
 SLIM_HEADS = {"fc": "Logits/Conv2d_1c_1x1", "AuxLogits.fc": "AuxLogits/Conv2d_2b_1x1"}
 
-
 _SLIM_BN = {"beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
-
-
 _SLIM_SCOPE = "InceptionV3/"
-
-
 _EMA_SUFFIX = "/ExponentialMovingAverage"
-
 
 # Optimizer slot variables saved next to each weight during training (RMSProp is slim's default).
 _SLOT = re.compile(r"/(RMSProp(_1)?|Momentum|Adam(_1)?|Adagrad|Adadelta(_1)?|Ftrl(_1)?"
                    r"|ExponentialMovingAverage)$")
-
 
 SLIM_BACKGROUND_CLASSES = 1001   # ImageNet's 1000 classes after a background class at index 0
 
@@ -124,7 +95,7 @@ def _slim_hwio(shape: torch.Size) -> tuple[int, ...]:
     return (shape[2], shape[3], shape[1], shape[0])
 
 
-def slim_state_dict(path: PathLike, keep_background: bool = False, ema: bool = False
+def slim_state_dict(path: str | os.PathLike, keep_background: bool = False, ema: bool = False
                     ) -> tuple[dict[str, torch.Tensor], dict]:
     """(our state dict, model config) from a TF-slim InceptionV3 checkpoint, every tensor shape-checked.
 
@@ -132,11 +103,6 @@ def slim_state_dict(path: PathLike, keep_background: bool = False, ema: bool = F
     (slim fine-tunes) are kept as they are. Missing, unexpected and mis-shaped tensors are reported in one
     WeightsError naming the file.
     """
-    from ...models.inception import inception_v3
-    from ..io import check_finite
-    from ..load import first_keys
-    from .tf_bundle import open_checkpoint
-
     ckpt = open_checkpoint(path)
     label = ckpt.label
     names = set(ckpt.tensors)
@@ -162,7 +128,7 @@ def slim_state_dict(path: PathLike, keep_background: bool = False, ema: bool = F
     missing: list[str] = []
     misshaped: list[str] = []
 
-    def take(name: str, shape: tuple[int, ...], optional: bool = False) -> Optional[torch.Tensor]:
+    def take(name: str, shape: tuple[int, ...], optional: bool = False) -> torch.Tensor | None:
         key = _SLIM_SCOPE + name
         source = key + _EMA_SUFFIX if ema and key + _EMA_SUFFIX in names else key
         if source not in names:
@@ -232,3 +198,13 @@ def slim_state_dict(path: PathLike, keep_background: bool = False, ema: bool = F
               "count_include_pad": False}   # TF's SAME average pooling excludes the padding
     return sd, {"config": config, "file_classes": file_classes, "files": ckpt.files,
                 "skipped": skipped}
+
+
+def slim_class_names(num_classes: int) -> list[str] | None:
+    """ImageNet's class names for a slim classifier of 1000 classes, or of 1001 with the background first."""
+    imagenet = REGISTRY["imagenet"].categories()
+    if num_classes == len(imagenet):
+        return imagenet
+    if num_classes == SLIM_BACKGROUND_CLASSES:
+        return ["background", *imagenet]
+    return None
