@@ -1,13 +1,15 @@
-"""Datasets and loaders: image lists for inference, labeled folders and the embedded digits set.
+"""Labeled datasets for training and evaluation: class folders, CSV/JSONL lists of path,label, the
+embedded digits, and the seeded per-class split (``load_labeled`` picks among them from one spec).
 
-Bad images never stop a run. For inference (`image_batches`) each batch lists its failures as
-(index, reason). For training, a labeled dataset returns None for an image it cannot decode and logs
-one warning naming the file and the reason (in the worker process that met it); `collate_labeled`
-drops the Nones and returns how many it dropped, so the training loop can count skipped images.
+A bad image never stops a run: a labeled dataset returns None (or a ``BadImage``) for an image it cannot
+decode and logs one warning naming the file and the reason (in the worker process that met it);
+``loaders.collate_labeled`` drops it and counts it.
 """
 from __future__ import annotations
 
+import csv
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,7 +26,7 @@ from .paths import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[Image.Image], torch.Tensor]
+Transform = Callable[[Image.Image], torch.Tensor]   # a PIL image -> its input tensor (data.transforms)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class BadImage:
 class SkippedImages(int):
     """The number of images a batch lost (an int), with the `BadImage`s among them (for the run's list)."""
 
-    def __new__(cls, count: int, images: Sequence[BadImage] = ()) -> SkippedImages:
+    def __new__(cls, count: int, images: Sequence[BadImage] = ()) -> SkippedImages:  # noqa: PYI034
         obj = super().__new__(cls, count)
         obj.images = tuple(images)
         return obj
@@ -149,9 +151,6 @@ LIST_SUFFIXES = (".csv", ".jsonl")
 def read_image_list(list_file: str | os.PathLike) -> tuple[list[tuple[str, str]], Path]:
     """(path, label) rows of a CSV (`path,label`, header optional) or JSONL (`{"path": .., "label": ..}`)
     file; relative paths are taken from the list file's folder."""
-    import csv
-    import json
-
     list_file = Path(list_file)
     base = list_file.parent
     rows: list[tuple[str, str]] = []
@@ -222,11 +221,7 @@ def _list_pair(root: Path) -> tuple[Path, Path] | None:
 # The digits set ships with scikit-learn (offline): 1,797 8x8 images of 0..9, values 0..16.
 # A fixed stratified split: 1,347 train / 450 val.
 DIGITS_VAL_FRACTION = 0.25
-
-
 DIGITS_SEED = 0
-
-
 DIGITS_CLASSES = [str(d) for d in range(10)]
 
 
@@ -333,7 +328,7 @@ def stratified_split(
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         idx = idx[rng.permutation(len(idx))]
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
         val.extend(idx[:n_val].tolist())
         train.extend(idx[n_val:].tolist())

@@ -1,13 +1,6 @@
-"""Preprocessing presets and image decoding that survives real folders.
-
-Three concerns live here because every entry point needs all three together:
-
-* `Preprocess`: what a weights entry or saved model says about its inputs (sizes, interpolation,
-  mean/std), and the eval/train transforms built from it;
-* `load_image`: open any file PIL understands and return a plain 8-bit RGB or L image, or raise an
-  `ImageError` with a short human reason (never a PIL traceback);
-* `expand_paths`: turn command-line inputs (files, folders, globs, ``@list.txt``) into a list of files.
-"""
+"""Image decoding that survives real folders: ``load_image`` opens any file PIL understands and returns a
+plain, fully loaded 8-bit RGB or L image, or raises an ``ImageError`` with a short human reason (never a
+PIL traceback); ``PIL_RESAMPLE`` maps the interpolation names of ``Preprocess`` to PIL's filters."""
 from __future__ import annotations
 
 import logging

@@ -1,15 +1,11 @@
-"""Datasets and loaders: image lists for inference, labeled folders and the embedded digits set.
-
-Bad images never stop a run. For inference (`image_batches`) each batch lists its failures as
-(index, reason). For training, a labeled dataset returns None for an image it cannot decode and logs
-one warning naming the file and the reason (in the worker process that met it); `collate_labeled`
-drops the Nones and returns how many it dropped, so the training loop can count skipped images.
-"""
+"""Loaders: image files decoded in batches for inference (``image_batches``: in input order, each batch
+listing its failures as (index, reason)), and the DataLoader of labeled data for training and evaluation
+(``labeled_loader``: seeded shuffling and workers, failed images dropped and counted)."""
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,14 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..runtime.threads import available_cores
-from .datasets import BadImage, SkippedImages
+from .datasets import BadImage, SkippedImages, Transform
 from .decode import ImageError, load_image
-
-Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def default_workers() -> int:

@@ -1,13 +1,5 @@
-"""Preprocessing presets and image decoding that survives real folders.
-
-Three concerns live here because every entry point needs all three together:
-
-* `Preprocess`: what a weights entry or saved model says about its inputs (sizes, interpolation,
-  mean/std), and the eval/train transforms built from it;
-* `load_image`: open any file PIL understands and return a plain 8-bit RGB or L image, or raise an
-  `ImageError` with a short human reason (never a PIL traceback);
-* `expand_paths`: turn command-line inputs (files, folders, globs, ``@list.txt``) into a list of files.
-"""
+"""Command-line inputs to image files: ``expand_paths`` turns files, folders (recursive), globs and
+``@list.txt`` files into a list of paths; ``list_images`` walks one folder; ``InputError`` is a bad input."""
 from __future__ import annotations
 
 import glob
@@ -22,8 +14,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
 )
-
-
 _GLOB_CHARS = frozenset("*?[")
 
 
