@@ -26,7 +26,7 @@ _API = {
     "TrainConfig": "training.config", "train": "training.run",
     "metrics": "",
 }
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *_API]  # noqa: PLE0604 (the keys of _API are the names)
 __getattr__, __dir__ = lazy_exports(__name__, _API)
 
 if TYPE_CHECKING:   # what static tools see; at run time the names above resolve lazily

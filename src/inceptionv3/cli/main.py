@@ -1,13 +1,19 @@
-"""The ``inceptionv3`` command: one sub-command per module of this package, registered here."""
+"""The ``inceptionv3`` command: one sub-command per module of this package, registered here.
+
+Building the parser imports every command module but nothing heavy: each module's ``add_parser`` reads
+torch-free constants only, and its ``run`` imports the work it does, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import __version__
+from ..runtime.threads import prepare_process
+from ..weights.errors import WeightsError
 from .common import EXIT_USAGE, CommandError
 
 # In the order `inceptionv3 --help` lists them.
@@ -34,9 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Progress lines (training epochs, downloads) are INFO; -v adds DEBUG detail and tracebacks.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
-    from ..runtime.threads import prepare_process
-    prepare_process()
-    from ..weights.errors import WeightsError
+    prepare_process()   # before anything loads torch
     try:
         return args.func(args)
     except (CommandError, WeightsError, ValueError, OSError, ImportError) as e:
