@@ -1,25 +1,5 @@
-"""Training: the small-data recipe as small functions, on one process or many (torchrun), crash-safe.
-
-Recipe (works from scratch on a few thousand images, e.g. the embedded digits): AdamW without weight
-decay on BN and bias parameters, a one-cycle LR schedule stepped per optimizer step, label smoothing 0.1,
-gradient clipping at 2.0, aux loss weighted 0.4 when the aux head is on (only possible at >= 299 px).
-
-A run folder holds: config.json (the TrainConfig, written first), metrics.jsonl (one JSON line per
-epoch), last.pt (the newest checkpoint: model, optimizer, scheduler, every rank's RNG states, epoch and
-step within it, partial epoch sums, history, config, class names, and a digest of it all), checkpoints/
-(the last `keep_last` checkpoints, hard links named by global step), best.safetensors (the best
-held-out top-1 so far, with class names and preprocessing, loadable by `weights.load_model`),
-confusion.json (that epoch's held-out confusion matrix), bad_images.txt (images skipped, when any) and
-tensorboard/ (event files, when tensorboard is installed). Checkpoint files are handled by `checkpoint.py`.
-
-By default the step runs in bf16 autocast where the hardware has native bf16 (`--amp auto`) on
-channels-last tensors; `--grad-checkpointing` trades compute for memory and `--compile` runs the forward
-through torch.compile. A linear probe computes the frozen backbone's features once (`cache_features`).
-
-Checkpoints are written atomically every epoch and every `save_every` steps; `resume` continues from the
-newest one that loads and matches its digest. The data order is a pure function of (seed, epoch) and each
-sample's augmentation of (seed, epoch, index), so a resumed or multi-process run sees exactly the batches
-an uninterrupted single-process run sees.
+"""What a run folder records besides checkpoints: metrics.jsonl (one line per epoch), bad_images.txt
+(images skipped), confusion.json (the best epoch's held-out confusion matrix) and TensorBoard events.
 """
 from __future__ import annotations
 
@@ -44,6 +24,7 @@ def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, flushed to disk before the epoch's checkpoint names it in its history."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -51,14 +32,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 BAD_IMAGES_FILE = "bad_images.txt"   # epoch, split, path, reason of every image skipped (tab-separated)
-
-
 CONFUSION_FILE = "confusion.json"    # the best epoch's held-out confusion matrix, for `inceptionv3 plot`
-
-
 TB_FOLDER = "tensorboard"            # TensorBoard event files (when tensorboard is installed)
-
-
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc1": "top1/train",
            "val_acc1": "top1/val", "val_acc5": "top5/val", "lr": "lr", "skipped": "data/skipped_images",
            "nonfinite_steps": "data/nonfinite_steps", "seconds": "time/epoch_seconds"}
