@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,13 +21,18 @@ from inceptionv3.training.config import TrainConfig
 from inceptionv3.training.control import TrainingInterrupted
 from inceptionv3.training.run import train
 from inceptionv3.training.state import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
+    TrainState,
     checkpoint_candidates,
     load_checkpoint,
     save_checkpoint,
 )
+from inceptionv3.weights.load import load_model
 
 HELPER = Path(__file__).with_name("killable_train.py")
+FIXTURE = Path(__file__).parent / "fixtures" / "mini_run_epoch1"   # see fixtures/README.md
+DIGITS = [str(d) for d in range(10)]
 
 torch.set_num_threads(1)
 
@@ -213,3 +219,55 @@ def test_a_dying_torchrun_rank_stops_the_others_with_a_message(tmp_path):
                      rf"The checkpoints in {run} are intact: .* --resume {run}", proc.stderr), proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "last.pt")   # verifies the digest
     assert ckpt["world_size"] == 2 and [s["step"] for s in ckpt["epoch_state"]] == [2, 2]
+
+
+def test_a_run_checkpointed_in_format_1_resumes_to_its_end(tmp_path, capsys, caplog):
+    from inceptionv3.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    old = load_checkpoint(run / "checkpoints" / "step-00000006.pt")
+    assert old["format"] == "inceptionv3.train-checkpoint/1" and old["epoch"] == 1 and old["step"] == 0
+    first = json.loads((run / "metrics.jsonl").read_text())
+    # The run's own flags (its config.json), as a user resumes it; where and how it runs may differ.
+    with caplog.at_level(logging.INFO, logger="inceptionv3"):
+        code = main(["train", "digits", "--resume", str(run), "--arch", "inception_mini", "--epochs", "2",
+                     "--batch-size", "32", "--image-size", "32", "--limit", "200", "--optimizer", "sgd",
+                     "--amp", "off", "--workers", "0", "--threads", "1", "--no-progress"])
+    assert code == 0
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "step-00000006.pt: epoch 2, step 0 of 6" in messages
+    # The fixture has no best.safetensors: the resumed epoch's weights become the best.
+    assert "best.safetensors is missing: the next epoch's weights are saved as best" in messages
+    assert capsys.readouterr().out.strip().endswith(f"->  {run / 'best.safetensors'}")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[0] == first   # the history continues
+    end = TrainState.load(run / "last.pt")
+    assert (end.epoch, end.step, end.global_step, end.epoch_state) == (2, 0, 12, None)
+    assert end.history == lines and end.class_names == DIGITS
+    assert end.best_acc1 == lines[1]["val_acc1"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000006.pt", "step-00000012.pt"]
+    assert any(not torch.equal(end.model[k], v) for k, v in old["model"].items())   # epoch 2 trained
+    best = load_model(run / "best.safetensors")
+    assert best.meta.class_names == DIGITS and best.arch == "inception_mini"
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in end.model.items())
+    # Checkpoints are weights files too (--weights RUN/last.pt), in the old format and in today's.
+    for path in (run / "last.pt", FIXTURE / "checkpoints" / "step-00000006.pt"):
+        model = load_model(path)
+        assert model.meta.class_names == DIGITS and model.meta.preprocess.input_size == 32
+
+
+def test_train_state_is_the_checkpoint_layout(tmp_path):
+    saved = load_checkpoint(FIXTURE / "checkpoints" / "step-00000006.pt")
+    state = TrainState.load(FIXTURE / "checkpoints" / "step-00000006.pt")
+    assert state.FORMAT == CHECKPOINT_FORMAT == saved["format"]
+    assert list(state.to_checkpoint()) == [k for k in saved if k != "digest"]   # same keys, same order
+    again = load_checkpoint(save_checkpoint(tmp_path / "again.pt", state.to_checkpoint()))
+    assert again["digest"] == saved["digest"]                                   # same contents
+    assert (state.epoch, state.world_size, state.mid_epoch, len(state.rng)) == (1, 1, False, 1)
+    saved_cfg, folder_cfg = TrainConfig.from_dict(state.config).to_dict(), TrainConfig.load(FIXTURE).to_dict()
+    assert {k: v for k, v in saved_cfg.items() if k != "out"} == {k: v for k, v in folder_cfg.items() if k != "out"}
+    with pytest.raises(CheckpointError, match="without optimizer"):
+        TrainState.from_checkpoint({k: v for k, v in saved.items() if k != "optimizer"}, "x.pt")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        TrainState.from_checkpoint({**saved, "format": "inceptionv3.train-checkpoint/9"}, "x.pt")

@@ -188,7 +188,7 @@ def test_init_from_weights(tmp_path):
     assert other.fc.out_features == 3
     assert torch.equal(other.conv1.weight, source.conv1.weight)   # backbone kept, classifier new
     with pytest.raises(ValueError, match=r"classifier does not fit the data \(the file has 10 classes "
-                                         r"\[0, 1, 2, 3, 4, \.\.\. \(10 in all\)\]; the data has "
+                                         r"\[0, 1, 2, 3, 4 \(\+5 more\)\]; the data has "
                                          r"3 classes \[cat, dog, eel\]\)\. Drop --strict"):
         init_model(_mini_cfg(tmp_path, weights=str(path), strict=True), ["cat", "dog", "eel"], aux=False)
     init_model(_mini_cfg(tmp_path, weights=str(path), strict=True), DIGITS, aux=False)   # fits: no error
@@ -282,8 +282,8 @@ def test_paper_recipe_says_when_its_scaled_lr_is_small(tmp_path, caplog):
             train(cfg, progress=False)          # the folder is missing: the run stops after the note
         return [r.getMessage() for r in caplog.records if "recipe paper" in r.getMessage()]
 
-    assert messages() == ["recipe paper: lr 0.045 x 32 / 1600 = 0.0009 (scaled to the global batch); on a "
-                          "small dataset this learns slowly: --lr 0.045 is the paper's rate for a batch of 32"]
+    assert messages() == [("recipe paper: lr 0.045 x 32 / 1600 = 0.0009 (scaled to the global batch); on a "
+                           "small dataset this learns slowly: --lr 0.045 is the paper's rate for a batch of 32")]
     assert messages(lr=0.045) == []                                       # an explicit --lr: nothing to say
 
 
@@ -356,13 +356,17 @@ def test_balanced_sampling_runs(tmp_path):
 
 
 def test_amp_auto_is_bf16_only_where_native(monkeypatch):
+    from inceptionv3.engine import resolve
+
     cfg = TrainConfig(data="digits")
     assert cfg.amp == "auto" and cfg.channels_last   # the defaults
     cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
-    assert loop.resolve_amp("auto", cpu) == "off"
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    assert loop.resolve_amp("auto", cpu) == "bf16"
+    # One bf16 detection: --amp auto (training) and --precision auto (inference) agree on every machine.
+    assert (loop.resolve_amp("auto", cpu) == "bf16") == (resolve.resolve_precision("auto", cpu) == "bf16")
+    monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": False)
+    assert loop.resolve_amp("auto", cpu) == "off" and resolve.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": True)
+    assert loop.resolve_amp("auto", cpu) == "bf16" and resolve.resolve_precision("auto", cpu) == "bf16"
     assert loop.resolve_amp("off", cpu) == "off" and loop.resolve_amp("fp16", cpu) == "fp16"
     with loop.autocast(cpu, "auto"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

@@ -1,25 +1,5 @@
-"""Training: the small-data recipe as small functions, on one process or many (torchrun), crash-safe.
-
-Recipe (works from scratch on a few thousand images, e.g. the embedded digits): AdamW without weight
-decay on BN and bias parameters, a one-cycle LR schedule stepped per optimizer step, label smoothing 0.1,
-gradient clipping at 2.0, aux loss weighted 0.4 when the aux head is on (only possible at >= 299 px).
-
-A run folder holds: config.json (the TrainConfig, written first), metrics.jsonl (one JSON line per
-epoch), last.pt (the newest checkpoint: model, optimizer, scheduler, every rank's RNG states, epoch and
-step within it, partial epoch sums, history, config, class names, and a digest of it all), checkpoints/
-(the last `keep_last` checkpoints, hard links named by global step), best.safetensors (the best
-held-out top-1 so far, with class names and preprocessing, loadable by `weights.load_model`),
-confusion.json (that epoch's held-out confusion matrix), bad_images.txt (images skipped, when any) and
-tensorboard/ (event files, when tensorboard is installed). Checkpoint files are handled by `checkpoint.py`.
-
-By default the step runs in bf16 autocast where the hardware has native bf16 (`--amp auto`) on
-channels-last tensors; `--grad-checkpointing` trades compute for memory and `--compile` runs the forward
-through torch.compile. A linear probe computes the frozen backbone's features once (`cache_features`).
-
-Checkpoints are written atomically every epoch and every `save_every` steps; `resume` continues from the
-newest one that loads and matches its digest. The data order is a pure function of (seed, epoch) and each
-sample's augmentation of (seed, epoch, index), so a resumed or multi-process run sees exactly the batches
-an uninterrupted single-process run sees.
+"""Setting a run up: the aux-head decision, preprocessing and augmentation, the data sets, the network
+(fresh or from --weights), freezing, device placement and layout, torch.compile.
 """
 from __future__ import annotations
 
@@ -34,6 +14,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..models.base import AUX_MIN_INPUT_SIZE
 from ..models.builder import build_model
 from ..runtime import distributed as dist_mod
+from ..weights.load import first_keys, load_model
 from ..weights.preprocess import Preprocess
 from .config import FOLDER_CROP_FRACTION, TrainConfig
 
@@ -116,8 +97,6 @@ def init_model(cfg: TrainConfig, classes: list[str], aux: bool) -> nn.Module:
         config["dropout"] = cfg.dropout
     if cfg.weights is None:
         return build_model(cfg.arch, **config)
-    from ..weights.load import load_model
-
     # --strict loads the file's own classifier first, so that a misfit can be described before anything
     # is re-initialised.
     kept = {k: v for k, v in config.items() if k != "num_classes"} if cfg.strict else config
@@ -129,19 +108,14 @@ def init_model(cfg: TrainConfig, classes: list[str], aux: bool) -> nn.Module:
         why = "no class names in the file" if file_names is None else "other class names in the file"
         if cfg.strict:
             theirs = (f"{model.num_classes} unnamed classes" if file_names is None
-                      else f"{len(file_names)} classes {_preview(list(file_names))}")
+                      else f"{len(file_names)} classes [{first_keys(list(file_names))}]")
             raise ValueError(f"--weights {cfg.weights}: its classifier does not fit the data (the file has "
-                             f"{theirs}; the data has {len(classes)} classes {_preview(classes)}). Drop "
+                             f"{theirs}; the data has {len(classes)} classes [{first_keys(classes)}]). Drop "
                              "--strict to start a fresh classifier, or train on data with the file's classes")
         model.reset_classifier(len(classes))
         logger.info("started from %s: backbone loaded; classifier reset for %d classes (%s)%s",
                     cfg.weights, len(classes), why, "" if aux else "; aux head not used")
     return model
-
-
-def _preview(names: list[str], n: int = 5) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > n else ""
-    return f"[{', '.join(names[:n])}{more}]"
 
 
 HEAD_MODULES = ("AuxLogits", "fc")   # never frozen by --freeze-until: they are what fine-tuning trains
