@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..training.config import TrainConfig   # torch-free: the parser is built without loading torch
 from .common import EXIT_OK, add_dataclass_args, config_from, show_progress
 
 NAME = "train"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..training.config import TrainConfig
-
     p = sub.add_parser(NAME, help="train or fine-tune on an image folder or the embedded digits",
                        description="Train on DATA: 'digits' (scikit-learn's handwritten digits, offline), "
                                    "an image folder with one sub-folder per class (or train/ and val/), or a "
@@ -23,7 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.config import TrainConfig
     from ..training.run import train
     result = train(config_from(TrainConfig, args), progress=show_progress(args))
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one summary line, from rank 0
