@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from inceptionv3.bench import harness
-from inceptionv3.engine.backends import export_onnx as _export_onnx
 from inceptionv3.engine.backends import openvino_session as _openvino_session
 from inceptionv3.engine.backends import ort_session as _ort_session
 from inceptionv3.engine.backends import quantize_int8 as _quantize_int8
-from inceptionv3.engine.engine import _Head
+from inceptionv3.engine.engine import Head
 from inceptionv3.engine.fuse import fuse_for_inference
+from inceptionv3.engine.onnx import export_onnx
 from inceptionv3.models.inception import inception_v3
 from inceptionv3.runtime.files import write_text_atomic
 
@@ -75,7 +75,7 @@ def main() -> None:
         files = {}
         for name, g in graphs.items():
             files[name, "fp32"] = Path(tmp) / f"{name}.onnx"
-            _export_onnx(_Head(g, "logits").eval(), (3, 299, 299), files[name, "fp32"])
+            export_onnx(Head(g, "logits").eval(), torch.randn(2, 3, 299, 299), files[name, "fp32"])
         print(f"{torch.get_num_threads()} threads, 299 px; ratio = plain time / moved time, median of rounds")
         for backend, precision in (r.split(":") for r in args.runs.split(",")):
             if not harness.have(backend):

@@ -206,7 +206,7 @@ def test_int8_runs_and_stays_close_on_calibrated_input(backend):
 
 
 def test_int8_calibration_too_few(tmp_path):
-    from inceptionv3.engine.runner import calibration_images
+    from inceptionv3.engine.inputs import calibration_images
     from inceptionv3.weights.io import save_model
     from inceptionv3.weights.load import load_model
 

@@ -9,7 +9,7 @@ What a row reports and how it is measured:
   torch first, because idle ONNX Runtime/OpenVINO threads spin and starve torch's OpenMP threads.
   ms per batch is the median call; img/s is batch / median; p50 and p99 are percentiles of the same
   calls (batch 1 gets at least ``latency_repeats`` calls so that p99 means something).
-* **GFLOP/s and % of peak**: the network's multiply-adds (``info.summarize``) x 2 x img/s, against a
+* **GFLOP/s and % of peak**: the network's multiply-adds (``models.summary.summarize``) x 2 x img/s, against a
   large matrix product timed in this process at the row's precision (fp32/bf16 ``torch.mm``, int8
   ``torch._int_mm``): the speed this CPU reaches on the easiest possible work, not a datasheet number.
 * **memory**: how far the process's peak resident set (Linux ``VmHWM``, reset through
@@ -34,39 +34,37 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
+from ..data.loaders import default_workers
+from ..engine.backends import ort_session
+from ..engine.engine import build_engine
+from ..engine.onnx import export_onnx
+from ..engine.options import BACKENDS, MIN_CALIBRATION_IMAGES, PRECISIONS
+from ..engine.resolve import native_bf16, resolve_backend, resolve_precision
+from ..models.builder import ARCHS, build_model
+from ..models.summary import summarize
 from ..runtime.files import write_text_atomic
 from ..runtime.threads import available_cores
 from . import COMPARE
 
 log = logging.getLogger(__name__)
 
-
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
-
-
-
 FAMILIES = ("torch", "onnxruntime", "openvino")   # runtimes that share a thread pool, timed together
-
-
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "amx_int8")
-
-
 CALIBRATION_IMAGES = 32          # random images: calibration quality does not change the speed
-
-
 AGREE_TOL = 1e-4                 # ours vs torchvision, plain fp32 (relative to the largest logit)
 
-
-# Matrix-product probe per precision: (dtype, side). Sides chosen so one product takes ~50-100 ms here.
+# Matrix-product probe per precision: (dtype, side), large enough that one product is timed well above
+# the timer's resolution and small enough to keep the probe short.
 PEAK_PROBES: dict[str, tuple[torch.dtype, int]] = {
     "fp32": (torch.float32, 2048),
     "bf16": (torch.bfloat16, 4096),
@@ -80,12 +78,12 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 16)
     image_size: int = 299
     precisions: tuple[str, ...] = ("fp32", "bf16", "int8")
-    backends: Optional[tuple[str, ...]] = None   # default: every installed backend
+    backends: tuple[str, ...] | None = None   # default: every installed backend
     compare: tuple[str, ...] = COMPARE
     repeats: int = 10
     latency_repeats: int = 100   # batch-1 calls at least, for p99
     warmup: int = 3
-    threads: Optional[int] = None   # default: every core this process may use
+    threads: int | None = None   # default: every core this process may use
     seed: int = 0
 
 
@@ -105,16 +103,13 @@ class Row:
     p99_ms: float = math.nan
     gflops: float = math.nan
     pct_peak: float = math.nan
-    peak_rss_mb: Optional[float] = None    # the row's rise over its baseline (see module docstring)
+    peak_rss_mb: float | None = None    # the row's rise over its baseline (see module docstring)
     rel_diff: float = math.nan
     ratios: dict[str, float] = field(default_factory=dict)   # img/s over each comparison's, same batch
 
 
 def check_config(cfg: BenchConfig) -> None:
     """One clear error per bad value (the CLI maps ValueError to exit code 2)."""
-    from ..engine.options import BACKENDS, PRECISIONS
-    from ..models.builder import ARCHS
-
     def known(flag: str, values: Sequence[str], allowed: Sequence[str]) -> None:
         bad = [v for v in values if v not in allowed]
         if bad or not values:
@@ -155,12 +150,12 @@ def cpu_info() -> dict:
     return {"model": model, "cores": available_cores(), "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
-def versions() -> dict[str, Optional[str]]:
+def versions() -> dict[str, str | None]:
     import torchvision
 
     # The modules' own strings for torch (they carry the build, e.g. +cpu); metadata for packages
-    # that cost seconds to import.
-    out: dict[str, Optional[str]] = {"python": platform.python_version(), "torch": torch.__version__,
+    # that are slow to import.
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
                                      "torchvision": torchvision.__version__}
     for pkg in ("inceptionv3", "onnxruntime", "openvino"):
         try:
@@ -185,7 +180,7 @@ def matmul_peak(precisions: Sequence[str], rounds: int = 3) -> dict[str, dict]:
             op, what = torch.mm, f"torch.mm {n}x{n}x{n} {p}"
         try:
             op(a, b)   # first call creates the kernel
-            best = min(_timed(lambda: op(a, b)) for _ in range(rounds))
+            best = min(_timed(op, a, b) for _ in range(rounds))
         except RuntimeError as e:   # e.g. no int8 matmul kernel on this CPU build
             out[p] = {"gflops": None, "what": what, "note": f"not measured: {str(e).splitlines()[0]}"}
             continue
@@ -193,9 +188,9 @@ def matmul_peak(precisions: Sequence[str], rounds: int = 3) -> dict[str, dict]:
     return out
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _timed(fn: Callable[..., object], *args: object) -> float:
     t = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - t
 
 
@@ -209,7 +204,7 @@ class PeakRSS:
             self._libc = None
 
     @staticmethod
-    def _status_mb(key: str) -> Optional[float]:
+    def _status_mb(key: str) -> float | None:
         try:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith(key + ":"):
@@ -218,7 +213,7 @@ class PeakRSS:
             pass
         return None
 
-    def reset(self) -> Optional[float]:
+    def reset(self) -> float | None:
         """Free what can be freed, reset the high-water mark, return the resident set in MB."""
         gc.collect()
         if self._libc is not None:
@@ -230,7 +225,7 @@ class PeakRSS:
             return None
         return self._status_mb("VmRSS")
 
-    def peak(self) -> Optional[float]:
+    def peak(self) -> float | None:
         return self._status_mb("VmHWM")
 
 
@@ -250,10 +245,8 @@ def random_state(model: nn.Module, seed: int) -> None:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.01)
 
 
-def networks(arch: str, seed: int) -> tuple[nn.Module, Optional[nn.Module]]:
+def networks(arch: str, seed: int) -> tuple[nn.Module, nn.Module | None]:
     """(our plain eval model, torchvision's with the same weights or None when it has no such arch)."""
-    from ..models.builder import build_model
-
     ours = build_model(arch, aux_logits=False, **({"init_weights": False} if arch == "inception_v3" else {}))
     random_state(ours, seed)
     ours.eval()
@@ -279,7 +272,7 @@ def have(package: str) -> bool:
     return True
 
 
-class _PlainOnnx:
+class PlainOnnx:
     """The plain (unfused) reference graph exported once, shared by ONNX Runtime and OpenVINO."""
 
     def __init__(self, model: nn.Module, image_size: int, folder: Path) -> None:
@@ -287,40 +280,33 @@ class _PlainOnnx:
 
     def get(self) -> Path:
         if not self.path.exists():
-            from ..tasks.export import _export_onnx
             x = torch.zeros(2, 3, self.image_size, self.image_size)
             t = time.perf_counter()
-            with torch.no_grad():
-                _export_onnx(self.model, x, self.path, {})
+            export_onnx(self.model, x, self.path, output_name="logits")
             log.info("exported the plain graph to ONNX for the comparisons (%.1f s)", time.perf_counter() - t)
         return self.path
 
 
-def _torchvision(plain: nn.Module, onnx: _PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
+def _torchvision(plain: nn.Module, onnx: PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return plain(x)
     return run, f"{type(plain).__module__}.{type(plain).__name__} eager fp32, NCHW"
 
 
-def _onnxruntime(plain: nn.Module, onnx: _PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx.get()), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+def _onnxruntime(plain: nn.Module, onnx: PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
+    session = ort_session(onnx.get(), threads)
+    version = importlib.metadata.version("onnxruntime")
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
-    return run, f"onnxruntime {ort.__version__} CPU, plain graph export, all graph optimisations"
+        return torch.from_numpy(session(x.numpy()))
+    return run, f"onnxruntime {version} CPU, plain graph export, all graph optimisations"
 
 
-def _openvino(precision: str) -> Callable[[nn.Module, _PlainOnnx, int, int], tuple[Runner, str]]:
+def _openvino(precision: str) -> Callable[[nn.Module, PlainOnnx, int, int], tuple[Runner, str]]:
     hint = {"fp32": "f32", "bf16": "bf16"}[precision]
 
-    def build(plain: nn.Module, onnx: _PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
+    def build(plain: nn.Module, onnx: PlainOnnx, batch: int, threads: int) -> tuple[Runner, str]:
         import openvino as ov
 
         core = ov.Core()
@@ -344,7 +330,7 @@ class Comparison:
     name: str          # row name, and the ratio column
     package: str
     precision: str
-    build: Callable[[nn.Module, _PlainOnnx, int, int], tuple[Runner, str]]
+    build: Callable[[nn.Module, PlainOnnx, int, int], tuple[Runner, str]]
 
 
 COMPARISONS: tuple[Comparison, ...] = (
@@ -355,7 +341,7 @@ COMPARISONS: tuple[Comparison, ...] = (
 )
 
 
-def _load() -> Optional[float]:
+def _load() -> float | None:
     """1-minute load average: how many other runnable processes shared the cores (noise, in one number)."""
     try:
         return os.getloadavg()[0]
@@ -372,12 +358,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def engine_pairs(cfg: BenchConfig, notes: list[str]) -> list[tuple[str, str]]:
     """(backend, precision) rows of our engine.
 
-    An explicitly named backend that is not installed is an error (accel names the pip command); a pair
+    An explicitly named backend that is not installed is an error (naming the pip command); a pair
     that does not exist or cannot run here is noted and skipped.
     """
-    from ..engine.options import BACKENDS
-    from ..engine.resolve import resolve_backend, resolve_precision
-
     backends = cfg.backends
     if backends is None:
         backends = tuple(b for b in BACKENDS if b == "torch" or have(b))
@@ -398,8 +381,6 @@ def engine_pairs(cfg: BenchConfig, notes: list[str]) -> list[tuple[str, str]]:
 
 def decode_budget(cores: int) -> dict[str, int]:
     """What predict/features would use on this machine: decode workers + compute threads <= cores."""
-    from ..data.loaders import default_workers
-
     workers = default_workers()
     return {"cores": cores, "decode_workers": workers, "compute_threads": max(1, cores - workers)}
 
@@ -407,10 +388,6 @@ def decode_budget(cores: int) -> dict[str, int]:
 def run_bench(cfg: BenchConfig) -> dict:
     """Measure every requested row; returns the whole report as a JSON-ready dict."""
     check_config(cfg)
-    from ..engine.engine import build_engine
-    from ..engine.resolve import native_bf16
-    from ..models.summary import summarize
-
     previous_threads = torch.get_num_threads()
     threads = cfg.threads or available_cores()
     torch.set_num_threads(threads)
@@ -451,21 +428,20 @@ def run_bench(cfg: BenchConfig) -> dict:
 
         calibration = None
         if any(p == "int8" for _, p in pairs):
-            from ..engine.options import MIN_CALIBRATION_IMAGES
             n = max(CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES)
             calibration = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=g)
         memory = PeakRSS()
         rows: list[Row] = []
         with tempfile.TemporaryDirectory(prefix="inceptionv3_bench_") as tmp:
-            onnx = _PlainOnnx(plain, cfg.image_size, Path(tmp))
+            onnx = PlainOnnx(plain, cfg.image_size, Path(tmp))
             # One runtime family at a time, torch first: the thread pools of ONNX Runtime and OpenVINO
             # keep spinning after a call, and torch's OpenMP threads, alternated with them on few cores,
-            # wait for the CPU at every barrier (measured here: a torch call right after an ONNX Runtime
-            # call ran several times slower than alone).
+            # wait for the CPU at every barrier: a torch call right after an ONNX Runtime call runs much
+            # slower than alone.
             for family in FAMILIES:
                 for batch in cfg.batch_sizes:
                     rows += _bench_batch(cfg, batch, family, ours, plain, onnx, comparisons, pairs,
-                                         calibration, threads, memory, build_engine)
+                                         calibration, threads, memory)
         order = [c.name for c in comparisons] + [f"inceptionv3 {b} {p}" for b, p in pairs]
         rows.sort(key=lambda r: (cfg.batch_sizes.index(r.batch_size), order.index(r.name)))
         # The probe again at the end: the best of both readings is the machine's peak, whatever the
@@ -496,10 +472,9 @@ def _family(backend: str) -> str:
 
 
 def _bench_batch(cfg: BenchConfig, batch: int, family: str, ours: nn.Module, plain: nn.Module,
-                 onnx: _PlainOnnx,
+                 onnx: PlainOnnx,
                  comparisons: Sequence[Comparison], pairs: Sequence[tuple[str, str]],
-                 calibration: Optional[torch.Tensor], threads: int, memory: PeakRSS,
-                 build_engine: Callable) -> list[Row]:
+                 calibration: torch.Tensor | None, threads: int, memory: PeakRSS) -> list[Row]:
     """Build and warm up the runtimes of one family at one batch size, then time them in alternation."""
     comparisons = [c for c in comparisons if _family(c.flag) == family]
     pairs = [(b, p) for b, p in pairs if _family(b) == family]
@@ -560,7 +535,7 @@ def _bench_batch(cfg: BenchConfig, batch: int, family: str, ours: nn.Module, pla
     return rows
 
 
-def _num(v: Optional[float], fmt: str) -> str:
+def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
@@ -571,14 +546,14 @@ def format_report(result: dict) -> str:
     probe = ", ".join(f"{p} {_num(v['gflops'], '.0f')}" for p, v in peak.items())
     agree = result["logits_vs_torchvision"]
     lines = [
-        f"inceptionv3 bench: {cfg['arch']}, {cfg['image_size']} px, "
-        f"{result['flops_per_image'] / 1e9:.2f} GFLOP per image; median of {cfg['repeats']} calls "
-        f"(batch 1: {max(cfg['repeats'], cfg['latency_repeats'])}) "
-        f"after {cfg['warmup']} warm-up, runtimes alternated",
+        (f"inceptionv3 bench: {cfg['arch']}, {cfg['image_size']} px, "
+         f"{result['flops_per_image'] / 1e9:.2f} GFLOP per image; median of {cfg['repeats']} calls "
+         f"(batch 1: {max(cfg['repeats'], cfg['latency_repeats'])}) "
+         f"after {cfg['warmup']} warm-up, runtimes alternated"),
         "versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in ver.items()),
         f"cpu: {cpu['model']}, {cpu['cores']} cores; flags: {' '.join(cpu['flags']) or 'none of note'}",
-        f"threads: {result['threads']} compute; predict/features budget: {budget['decode_workers']} decode "
-        f"workers + {budget['compute_threads']} compute threads on {budget['cores']} cores",
+        (f"threads: {result['threads']} compute; predict/features budget: {budget['decode_workers']} decode "
+         f"workers + {budget['compute_threads']} compute threads on {budget['cores']} cores"),
         f"peak (large matmul in this process, GFLOP/s; int8 GOP/s): {probe}",
     ]
     load = result.get("load_average", {})

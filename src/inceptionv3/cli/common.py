@@ -8,7 +8,17 @@ import argparse
 import dataclasses
 import sys
 import typing
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+
+from ..engine.options import (
+    BACKENDS,
+    CALIBRATION_LIMIT,
+    FIELDS,
+    MIN_CALIBRATION_IMAGES,
+    PRECISIONS,
+    EngineOptions,
+)
+from ..metrics.modes import DIMS, METRIC_OPTIONS, MODES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -17,8 +27,8 @@ class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
-def add_inference_args(p: argparse.ArgumentParser, default_batch: int = 32,
-                       default_precision: str = "fp32") -> None:
+def add_inference_args(p: argparse.ArgumentParser, default_batch: int = EngineOptions.batch_size,
+                       default_precision: str = EngineOptions.precision) -> None:
     """Inputs, weights and engine flags of the commands that run the network over image files."""
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files, folders (searched recursively), glob patterns, or @list.txt")
@@ -35,10 +45,11 @@ def add_inference_args(p: argparse.ArgumentParser, default_batch: int = 32,
     add_engine_args(p, default_precision)
 
 
-def add_engine_args(p: argparse.ArgumentParser, default_precision: str = "fp32") -> None:
-    """--precision, --backend and --calibration: how the engine runs the network."""
-    from ..engine.options import BACKENDS, MIN_CALIBRATION_IMAGES, PRECISIONS
+def add_engine_args(p: argparse.ArgumentParser, default_precision: str = EngineOptions.precision) -> None:
+    """--precision, --backend, --calibration and --threads: how the engine runs the network.
 
+    Each flag's destination is the name of an ``EngineOptions`` field, so ``engine_options`` reads it.
+    """
     p.add_argument("--precision", default=default_precision, choices=("auto", *PRECISIONS),
                    help="arithmetic: fp32 (exact), bf16 (where the CPU/GPU has it natively), int8 (CPU, needs "
                         f"--calibration); auto = bf16 where native, else fp32 (default {default_precision})")
@@ -47,7 +58,20 @@ def add_engine_args(p: argparse.ArgumentParser, default_precision: str = "fp32")
                         "(default auto: the fastest installed one for the precision)")
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help=f"images like the inputs, to calibrate --precision int8 (at least "
-                        f"{MIN_CALIBRATION_IMAGES}; up to 256 used)")
+                        f"{MIN_CALIBRATION_IMAGES}; up to {CALIBRATION_LIMIT} used)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch compute threads (default: the cores the decode workers leave free)")
+
+
+def engine_options(args: argparse.Namespace, base: EngineOptions | None = None) -> EngineOptions:
+    """The ``EngineOptions`` of a command's flags: each field from the flag of the same name that the
+    command has (``--batch-size`` -> ``batch_size``), the others from ``base`` (default ``EngineOptions()``);
+    ``progress`` from ``--no-progress`` and whether stderr is a terminal."""
+    values = {name: getattr(args, name) for name in FIELDS
+              if name != "progress" and getattr(args, name, None) is not None}
+    if hasattr(args, "no_progress"):
+        values["progress"] = show_progress(args)
+    return dataclasses.replace(base or EngineOptions(), **values)
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -96,8 +120,6 @@ def csv_of(kind: type) -> Callable[[str], tuple]:
 def add_metric_parser(sub: argparse._SubParsersAction, name: str, helptext: str, inputs: int,
                       description: str) -> argparse.ArgumentParser:
     """The flags fid, kid, is and stats share: inputs, weights, mode, tap, batching and output."""
-    from ..metrics.modes import DIMS, MODES
-
     p = sub.add_parser(name, help=helptext, description=description)
     p.add_argument("a", metavar="A", help="image folder (or glob, @list.txt) or .npz statistics file")
     if inputs == 2:
@@ -110,7 +132,8 @@ def add_metric_parser(sub: argparse._SubParsersAction, name: str, helptext: str,
     if name != "is":   # the Inception Score reads the logits
         p.add_argument("--dims", type=int, default=None if name == "fid" else 2048, choices=sorted(DIMS),
                        help="feature tap" + from_stats.format(2048))
-    p.add_argument("--batch-size", type=int, default=50, help="images per batch (default 50)")
+    p.add_argument("--batch-size", type=int, default=METRIC_OPTIONS.batch_size,
+                   help=f"images per batch (default {METRIC_OPTIONS.batch_size})")
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
@@ -119,8 +142,8 @@ def add_metric_parser(sub: argparse._SubParsersAction, name: str, helptext: str,
 
 
 def metric_kwargs(args: argparse.Namespace) -> dict:
-    return {"weights": args.weights, "mode": args.mode, "device": args.device, "batch_size": args.batch_size,
-            "workers": args.workers, "progress": show_progress(args)}
+    """The keywords every metric function takes from the shared flags: weights, mode and the engine options."""
+    return {"weights": args.weights, "mode": args.mode, "options": engine_options(args, METRIC_OPTIONS)}
 
 
 def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .common import EXIT_OK, add_engine_args
+from .common import EXIT_OK, add_engine_args, engine_options
 
 NAME = "evaluate"
 
@@ -33,11 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.distributed import env_from_environ, teardown
-    from ..tasks.evaluate import evaluate, format_report, plot_confusion
-    result = evaluate(args.data, args.weights, split=args.split, batch_size=args.batch_size,
-                      workers=args.workers, device=args.device, crops=args.crops,
-                      val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
-                      backend=args.backend, calibration=args.calibration)
+    from ..tasks.evaluate import EVALUATE_OPTIONS, evaluate, format_report, plot_confusion
+    result = evaluate(args.data, args.weights, split=args.split, crops=args.crops, val_fraction=args.val_fraction,
+                      seed=args.seed, options=engine_options(args, EVALUATE_OPTIONS))
     teardown()
     if not env_from_environ().is_main:   # under torchrun every rank has the summed result; rank 0 reports
         return EXIT_OK

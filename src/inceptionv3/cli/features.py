@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..tasks.formats import FEATURE_FORMATS
-from .common import EXIT_OK, EXIT_SOME_FAILED, CommandError, add_inference_args, show_progress
+from .common import EXIT_OK, EXIT_SOME_FAILED, CommandError, add_inference_args, engine_options
 
 NAME = "features"
 
@@ -41,10 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        result = extract_features(args.paths, weights=args.weights, layer=args.layer, batch_size=args.batch_size,
-                                  workers=args.workers, device=args.device, progress=show_progress(args),
-                                  arch=args.arch, precision=args.precision, backend=args.backend,
-                                  calibration=args.calibration, resume=partial, restart=args.restart)
+        result = extract_features(args.paths, weights=args.weights, layer=args.layer, arch=args.arch,
+                                  resume=partial, restart=args.restart, options=engine_options(args))
     except KeyboardInterrupt:
         print(f"inceptionv3 features: stopped; the finished images are kept in {partial}: run the same "
               "command again to continue (--restart to start over)", file=sys.stderr)

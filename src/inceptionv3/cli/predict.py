@@ -7,7 +7,7 @@ import io
 import json
 import sys
 
-from .common import EXIT_OK, EXIT_SOME_FAILED, add_inference_args, show_progress
+from .common import EXIT_OK, EXIT_SOME_FAILED, add_inference_args, engine_options
 
 NAME = "predict"
 
@@ -26,10 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..tasks.predict import ImageFailure, predict
     try:
-        results = predict(args.paths, weights=args.weights, top_k=args.top_k, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, strict=args.strict,
-                          progress=show_progress(args), arch=args.arch, precision=args.precision,
-                          backend=args.backend, calibration=args.calibration)
+        results = predict(args.paths, weights=args.weights, top_k=args.top_k, strict=args.strict, arch=args.arch,
+                          options=engine_options(args))
     except ImageFailure as e:
         print(f"inceptionv3 predict: {e} (stopped: --strict)", file=sys.stderr)
         return EXIT_SOME_FAILED

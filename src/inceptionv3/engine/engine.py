@@ -1,14 +1,7 @@
-"""Fast inference engines: a fused graph, bf16 and int8 precision, and selectable runtimes.
+"""The inference engine: one model, one output, one precision, one backend.
 
-``fuse_for_inference`` rewrites a trained model for inference only: batch norm folded into the convs,
-and in every Mixed block the 1x1 convs that read the block input fused into one wider conv whose output
-is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The average-pool branch's
-1x1 conv joins that GEMM too: a bias-free 1x1 conv commutes with a 3x3 average pool (both are linear
-and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
-and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
-
-``build_engine`` wraps the model for one output (logits, pooled features or a tap) at one
-precision on one backend:
+``build_engine`` wraps a model for one output (logits, pooled features or a tap) at one precision on one
+backend:
 
 | backend     | fp32                   | bf16                          | int8                                 |
 |-------------|------------------------|-------------------------------|--------------------------------------|
@@ -16,10 +9,11 @@ precision on one backend:
 | onnxruntime | BN-folded graph        | -                             | static QDQ of the pools-moved graph  |
 | openvino    | BN folded, pools moved | inference hint bf16           | static QDQ of the BN-folded graph    |
 
+The torch backend runs ``fuse.fuse_for_inference``'s graph (batch norm folded, sibling 1x1 convs merged).
 ONNX Runtime and OpenVINO get the BN-folded graph without the sibling fusion, which slowed both; "pools
-moved": each 3x3 average pool runs after its branch's 1x1 conv, where that was faster and agreed (see
-``build_engine``). int8 is quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated;
-so OpenVINO int8 needs onnxruntime installed too).
+moved": each 3x3 average pool runs after its branch's 1x1 conv, where that was faster and agreed. int8 is
+quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated; so OpenVINO int8 needs
+onnxruntime installed too).
 
 Exported graphs are cached under ``$INCEPTIONV3_HOME/cache/engines`` keyed by a digest of the weights,
 input shape, output, precision and calibration images, so the export cost is paid once.
@@ -30,23 +24,38 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..models.taps import TAPS
-from .backends import export_onnx, openvino_session, ort_session, quantize_int8
+from ..runtime.files import atomic_path
+from ..runtime.threads import resolve_device
+from ..weights.hub import cache_dir
+from ..weights.io import state_dict_digest
+from .backends import openvino_session, ort_session, quantize_int8
 from .fuse import PooledConv, fuse_for_inference
-from .options import MIN_CALIBRATION_IMAGES, PRECISIONS
-from .resolve import native_bf16, resolve_backend, resolve_precision
+from .inputs import calibration_tensor
+from .onnx import export_onnx
+from .options import MIN_CALIBRATION_IMAGES, EngineOptions, engine_options
+from .resolve import resolve_engine
 
 log = logging.getLogger(__name__)
 
+# What a bare ``build_engine(model)`` runs: the torch engine in fp32 on the CPU.
+DIRECT = EngineOptions(device="cpu", backend="torch")
 
-class _Head(nn.Module):
+# The (backend, precision) pairs that run each 3x3 average pool after its branch's 1x1 conv: where that
+# was faster in paired runs and agreed with fp32 (benchmarks/bench_moved_pools.py). ONNX Runtime fp32
+# fuses a conv with its ReLU but not a pool + bias + ReLU, and OpenVINO's int8 kernels ran the moved
+# pools' quantized graph wrongly, so both keep the plain graph.
+POOLS_MOVED = {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8")}
+
+
+class Head(nn.Module):
     """The fused trunk with one output: logits, pooled features, or a tap averaged over space."""
 
     def __init__(self, model: nn.Module, output: str) -> None:
@@ -74,7 +83,7 @@ class Engine:
                  calibration: torch.Tensor | None = None) -> None:
         self.module, self.output, self.precision, self.backend, self.device = \
             module, output, precision, backend, device
-        self.head = _Head(module, output).eval()
+        self.head = Head(module, output).eval()
         self.calibration = calibration
         self._sessions: dict[tuple[int, int, int], Callable[[np.ndarray], np.ndarray]] = {}
         self.build_seconds = 0.0
@@ -92,15 +101,6 @@ class Engine:
         x = np.ascontiguousarray(images.detach().cpu().float().numpy())
         return torch.from_numpy(run(x)).float()
 
-    def apply(self, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        """``fn(fused_module, images)`` at the engine's precision (torch backend only), as float32 on CPU."""
-        if self.backend != "torch":
-            raise ValueError(f"a custom function runs on the torch backend only, not {self.backend}")
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        x = images.to(self.device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return fn(self.module, x).float().cpu()
-
     def describe(self) -> str:
         arch = getattr(self.module, "arch", type(self.module).__name__)
         extra = f", built in {self.build_seconds:.1f} s" if self.build_seconds else ""
@@ -109,8 +109,6 @@ class Engine:
                  "BN folded" + (", avg pools after 1x1 convs" if pools else "")
                  + (", static shapes, one stream per thread" if self.backend == "openvino" else ""))
         return f"{arch} {self.output} | {self.backend} {self.precision} on {self.device} | {graph}{extra}"
-
-    # -- exported backends ---------------------------------------------------------------------------
 
     def _session(self, shape: tuple[int, int, int]) -> Callable[[np.ndarray], np.ndarray]:
         """One runtime session per input shape (spatial size fixed, batch dynamic), built on first use."""
@@ -124,15 +122,12 @@ class Engine:
 
     def _exported(self, shape: tuple[int, int, int]) -> Path:
         """The ONNX file for this shape, precision and output: from the cache, or exported once."""
-        from ..runtime.files import atomic_path
-        from ..weights.hub import cache_dir
-
         key = _digest(self.module, shape, self.output, self.precision, self.calibration)
         fp32_path = cache_dir() / "cache" / "engines" / f"{key['fp32']}.onnx"
         if not fp32_path.exists():
             log.info("exporting the fused graph for %s (once; cached at %s)", "x".join(map(str, shape)), fp32_path)
             with atomic_path(fp32_path) as tmp:
-                export_onnx(self.head, shape, tmp)
+                export_onnx(self.head, torch.randn(2, *shape), tmp)
         self.cache_files = [fp32_path]
         if self.precision != "int8":
             return fp32_path
@@ -153,8 +148,6 @@ class Engine:
 def _digest(module: nn.Module, shape: tuple[int, int, int], output: str, precision: str,
             calibration: torch.Tensor | None) -> dict[str, str]:
     """Cache keys: the fp32 graph (weights, shape, output, exporter) and the int8 one (+ calibration)."""
-    from ..weights.io import state_dict_digest
-
     h = hashlib.sha256()
     h.update(json.dumps([getattr(module, "arch", ""), getattr(module, "config", {}), list(shape), output,
                          torch.__version__, 1]).encode())
@@ -167,33 +160,29 @@ def _digest(module: nn.Module, shape: tuple[int, int, int], output: str, precisi
     return keys
 
 
+def build_engine(model: nn.Module, output: str = "logits", options: EngineOptions | None = None, *,
+                 images: int | None = None, precision: str | None = None, backend: str | None = None,
+                 device: str | torch.device | None = None, calibration: torch.Tensor | None = None,
+                 batch_size: int | None = None) -> Engine:
+    """A fast inference engine for ``model``: fused graph, at ``options.precision``, on ``options.backend``.
 
-
-def build_engine(model: nn.Module, *, output: str = "logits", precision: str = "fp32", backend: str = "torch",
-                 device: str | torch.device = "cpu", calibration: torch.Tensor | None = None,
-                 batch_size: int | None = None, images: int | None = None) -> Engine:
-    """A fast inference engine for ``model``: fused graph, at ``precision``, on ``backend``.
-
-    ``output``: "logits", "pool" (the pooled features), or any other tap in ``model.TAPS`` (spatial taps
-    averaged over space; torch backend only). ``precision`` / ``backend`` accept "auto". int8 needs
-    ``calibration``: at least ``MIN_CALIBRATION_IMAGES`` preprocessed images like the ones to classify.
-    ``batch_size`` is a hint only (the batch axis is dynamic on every backend); ``images`` (how many the
-    job will run) lets backend "auto" decide whether a one-time export pays off.
+    ``output``: "logits", "pool" (the pooled features), or any other tap in ``TAPS`` (spatial taps
+    averaged over space; torch backend only). ``options`` default to ``DIRECT`` (torch, fp32, CPU); the
+    keywords replace single settings. Precision and backend may be "auto"; ``images`` (how many the job
+    will run) lets backend "auto" decide whether a one-time export pays off. int8 needs
+    ``options.calibration``: at least ``MIN_CALIBRATION_IMAGES`` images like the ones to classify,
+    preprocessed (a tensor) or as files and folders, decoded here with the model's preprocessing.
+    The batch axis is dynamic on every backend, so ``batch_size`` is a hint only.
     """
     if output not in TAPS:
         raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(TAPS)}")
-    dev = torch.device(device) if not isinstance(device, str) or device != "auto" else \
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if precision == "auto":
-        wanted = "bf16" if native_bf16(dev) else "fp32"
-        backend = resolve_backend(backend, wanted, dev, output, images)
-        precision = resolve_precision("auto", dev, backend)
-    else:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
-        backend = resolve_backend(backend, precision, dev, output, images)
-        precision = resolve_precision(precision, dev, backend)
+    options = engine_options(options or DIRECT, precision=precision, backend=backend, device=device,
+                             calibration=calibration, batch_size=batch_size)
+    dev = resolve_device(options.device)
+    precision, backend = resolve_engine(options.precision, options.backend, dev, output, images)
+    calibration = None
     if precision == "int8":
+        calibration = calibration_tensor(model, options)
         if calibration is None:
             raise ValueError(f"int8 needs calibration images: pass at least {MIN_CALIBRATION_IMAGES} "
                              "images like the ones to classify (--calibration DIR)")
@@ -202,15 +191,10 @@ def build_engine(model: nn.Module, *, output: str = "logits", precision: str = "
                              f"{MIN_CALIBRATION_IMAGES} are needed (--calibration DIR with more images)")
         calibration = calibration.detach().float().cpu()
     t0 = time.perf_counter()
-    # ONNX Runtime and OpenVINO fuse branches their own way; the merged 1x1 convs and the split after
-    # them made both 4-10% slower at batch 16 (measured side by side), so they get the BN-folded graph,
-    # with the average pools moved after their 1x1 convs where that was faster in paired runs and agreed
-    # with fp32 (benchmarks/bench_moved_pools.py): OpenVINO fp32/bf16 +1-6%, ONNX Runtime int8 +7-38%.
-    # ONNX Runtime fp32 lost 2-4% at batch 16 (it fuses a conv with its ReLU, not a pool + bias + ReLU);
-    # OpenVINO's int8 kernels ran the moved pools' quantized graph wrongly (79% top-1 agreement on the
-    # digits); both keep the plain graph.
-    moved = (backend, precision) in {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8")}
-    fused = fuse_for_inference(model, siblings=backend == "torch", pool_after_conv=moved)
+    # ONNX Runtime and OpenVINO fuse branches their own way: the merged 1x1 convs and the split after
+    # them slowed both, so they get the BN-folded graph (see POOLS_MOVED for the average pools).
+    fused = fuse_for_inference(model, siblings=backend == "torch",
+                               pool_after_conv=(backend, precision) in POOLS_MOVED)
     if backend == "torch":
         fused = fused.to(dev, torch.bfloat16 if precision == "bf16" else torch.float32,
                          memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
-"""Fast inference engines: a fused graph, bf16 and int8 precision, and selectable runtimes.
+"""Graph rewrites for inference: batch norm folded into the convs, sibling 1x1 convs merged, average pools
+moved after their branch's 1x1 conv.
 
 ``fuse_for_inference`` rewrites a trained model for inference only: batch norm folded into the convs,
 and in every Mixed block the 1x1 convs that read the block input fused into one wider conv whose output
@@ -6,32 +7,16 @@ is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The
 1x1 conv joins that GEMM too: a bias-free 1x1 conv commutes with a 3x3 average pool (both are linear
 and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
 and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
-
-``build_engine`` wraps the model for one output (logits, pooled features or a tap) at one
-precision on one backend:
-
-| backend     | fp32                   | bf16                          | int8                                 |
-|-------------|------------------------|-------------------------------|--------------------------------------|
-| torch       | fused graph, oneDNN    | bf16 weights + activations    | -                                    |
-| onnxruntime | BN-folded graph        | -                             | static QDQ of the pools-moved graph  |
-| openvino    | BN folded, pools moved | inference hint bf16           | static QDQ of the BN-folded graph    |
-
-ONNX Runtime and OpenVINO get the BN-folded graph without the sibling fusion, which slowed both; "pools
-moved": each 3x3 average pool runs after its branch's 1x1 conv, where that was faster and agreed (see
-``build_engine``). int8 is quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated;
-so OpenVINO int8 needs onnxruntime installed too).
-
-Exported graphs are cached under ``$INCEPTIONV3_HOME/cache/engines`` keyed by a digest of the weights,
-input shape, output, precision and calibration images, so the export cost is paid once.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..models.inception import (
     BasicConv2d,
@@ -205,9 +190,8 @@ def fuse_for_inference(model: nn.Module, siblings: bool = True, pool_after_conv:
 
     The copy keeps the forward contract (``forward``, ``forward_features``, ``forward_head``,
     ``forward_intermediates``), so any code that runs the model runs the copy; only its state-dict keys
-    differ. Works for every arch in ``model.ARCHS``. The caller's model is untouched.
+    differ. Works for every arch in ``models.builder.ARCHS``. The caller's model is untouched.
     """
-
     fused = copy.deepcopy(model).eval().requires_grad_(False)
     if getattr(fused, "AuxLogits", None) is not None:
         fused.AuxLogits = None      # inference never reads the aux head
@@ -221,10 +205,6 @@ def fuse_for_inference(model: nn.Module, siblings: bool = True, pool_after_conv:
 @torch.no_grad()
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """Fold each Conv+BN pair into one biased conv, in place (eval-mode arithmetic; about 1e-6 relative)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-    from ..models.inception import BasicConv2d
-
     for m in model.modules():
         if isinstance(m, BasicConv2d) and isinstance(m.bn, nn.BatchNorm2d):
             bn, conv = m.bn, m.conv

@@ -1,31 +1,9 @@
-"""Fast inference engines: a fused graph, bf16 and int8 precision, and selectable runtimes.
-
-``fuse_for_inference`` rewrites a trained model for inference only: batch norm folded into the convs,
-and in every Mixed block the 1x1 convs that read the block input fused into one wider conv whose output
-is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The average-pool branch's
-1x1 conv joins that GEMM too: a bias-free 1x1 conv commutes with a 3x3 average pool (both are linear
-and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
-and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
-
-``build_engine`` wraps the model for one output (logits, pooled features or a tap) at one
-precision on one backend:
-
-| backend     | fp32                   | bf16                          | int8                                 |
-|-------------|------------------------|-------------------------------|--------------------------------------|
-| torch       | fused graph, oneDNN    | bf16 weights + activations    | -                                    |
-| onnxruntime | BN-folded graph        | -                             | static QDQ of the pools-moved graph  |
-| openvino    | BN folded, pools moved | inference hint bf16           | static QDQ of the BN-folded graph    |
-
-ONNX Runtime and OpenVINO get the BN-folded graph without the sibling fusion, which slowed both; "pools
-moved": each 3x3 average pool runs after its branch's 1x1 conv, where that was faster and agreed (see
-``build_engine``). int8 is quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated;
-so OpenVINO int8 needs onnxruntime installed too).
-
-Exported graphs are cached under ``$INCEPTIONV3_HOME/cache/engines`` keyed by a digest of the weights,
-input shape, output, precision and calibration images, so the export cost is paid once.
+"""Which precision and backend run: what this machine has (native bf16, installed runtimes), the "auto"
+policy, and one clear error for a choice that cannot run here.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -59,7 +37,6 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 def _installed(backend: str) -> bool:
     if backend == "torch":
         return True
-    import importlib.util
     # the runtime, plus what exports our graph to it
     return all(importlib.util.find_spec(p) is not None for p in (PACKAGES[backend][0], "onnx", "onnxscript"))
 
@@ -84,7 +61,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", backen
         raise ValueError(f"precision int8 runs on the CPU only (OpenVINO or ONNX Runtime); use --device cpu, "
                          f"or --precision bf16 on {dev}")
     if precision not in have:
-        # fastest first on the CPUs measured (README, Benchmarks)
+        # fastest first on the CPUs measured (docs/performance.md)
         others = [b for b in ("openvino", "torch", "onnxruntime") if precision in SUPPORTED[b] and _installed(b)
                   and not (b == "openvino" and precision == "int8" and not _installed("onnxruntime"))]
         hint = (f"use --backend {others[0]} for {precision}" if others
@@ -95,13 +72,12 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu", backen
 
 def resolve_backend(backend: str, precision: str = "fp32", device: str | torch.device = "cpu",
                     output: str = "logits", images: int | None = None) -> str:
-    """'auto' -> the fastest installed backend for this precision and output (measured; see README).
+    """'auto' -> the fastest installed backend for this precision and output (docs/performance.md).
 
-    int8 runs on OpenVINO where it and ONNX Runtime (its quantizer) are installed: 3-4x faster than
-    ONNX Runtime's int8 kernels here; else on ONNX Runtime. fp32 and bf16 run on OpenVINO (then ONNX
-    Runtime, fp32 only) when the job has at least ``AUTO_EXPORT_MIN_IMAGES`` images: they beat
-    oneDNN-in-torch here, and far more so when another process shares the cores, but the first run pays
-    a one-time export (5-10 s at 299 px on a quiet machine, more under load).
+    int8 runs on OpenVINO where it and ONNX Runtime (its quantizer) are installed, its int8 kernels being
+    the faster; else on ONNX Runtime. fp32 and bf16 run on OpenVINO (then ONNX Runtime, fp32 only) when
+    the job has at least ``AUTO_EXPORT_MIN_IMAGES`` images: they beat oneDNN-in-torch on the CPU, more so
+    when another process shares the cores, but the first run pays a one-time export of the graph.
     Smaller jobs, GPUs, taps other than logits/pool, and ``images=None`` stay on torch.
     A named backend whose package is missing raises ValueError with the pip command and the nearest
     available backend.
@@ -132,3 +108,16 @@ def resolve_backend(backend: str, precision: str = "fp32", device: str | torch.d
         raise ValueError(f"output {output!r} is computed by the torch backend only "
                          f"({backend} runs {' and '.join(EXPORTED_OUTPUTS)}); use --backend torch")
     return backend
+
+
+def resolve_engine(precision: str, backend: str, device: str | torch.device = "cpu", output: str = "logits",
+                   images: int | None = None) -> tuple[str, str]:
+    """(precision, backend) that will run ``output`` on ``device``, both resolved from "auto" as needed.
+
+    precision "auto" asks for bf16 where it runs natively, then takes the backend that suits that, and
+    falls back to fp32 where the backend has no bf16.
+    """
+    dev = torch.device(device)
+    wanted = ("bf16" if native_bf16(dev) else "fp32") if precision == "auto" else precision
+    backend = resolve_backend(backend, wanted, dev, output, images)
+    return resolve_precision(precision, dev, backend), backend

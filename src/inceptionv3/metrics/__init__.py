@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _API = {
-    "DIMS": "modes", "MODES": "modes",
+    "DIMS": "modes", "MODES": "modes", "METRIC_OPTIONS": "modes",
     "FID_NET_CONFIG": "featurenet", "FeatureNet": "featurenet", "load_metric_model": "featurenet",
     "ImageTransform": "preprocess", "prepare": "preprocess",
     "Stats": "stats", "StatsAccumulator": "stats", "StatsMismatchError": "stats", "check_compatible": "stats",
@@ -25,7 +25,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _API)
 if TYPE_CHECKING:
     from .featurenet import FID_NET_CONFIG, FeatureNet, load_metric_model
     from .functional import MetricWarning
-    from .modes import DIMS, MODES
+    from .modes import DIMS, METRIC_OPTIONS, MODES
     from .pipeline import compute_features, compute_stats, fid, inception_score, kid, precision_recall
     from .preprocess import INPUT_SIZE, ImageTransform, prepare
     from .stats import (

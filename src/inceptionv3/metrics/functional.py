@@ -12,14 +12,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray | torch.Tensor
 
 
 # Eigenvalues of sqrt(S1) S2 sqrt(S1) below -NEG_TOL * (largest eigenvalue) are reported: a PSD product
@@ -85,9 +84,10 @@ def _similar_psd(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    # Symmetric eigensolvers synchronise their threads at every column. On a shared two-core machine with
-    # one core busy, two threads made a 2048-d eigh 30x slower than one (30 s vs 1 s); the work is small
-    # next to feature extraction, so the CPU route runs on one thread.
+    # Symmetric eigensolvers synchronise their threads at every column: on a shared machine with a core
+    # busy, a multi-threaded 2048-d eigh ran many times slower than a single-threaded one
+    # (docs/performance.md). The work is small next to feature extraction, so the CPU route runs on one
+    # thread.
     if device.type != "cpu":
         yield
         return
@@ -142,7 +142,7 @@ def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
 
 def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> tuple[float, float]:
     """(tr sqrtm(S1 S2), largest |imaginary part|), pytorch-fid's calculate_frechet_distance route."""
-    from scipy import linalg  # scipy comes with scikit-learn, a core dependency
+    from scipy import linalg  # here, not at the top: only this legacy route needs scipy, slow to import
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)   # SciPy >= 1.16 deprecates disp=

@@ -1,6 +1,7 @@
 """The choices a metric run is made of, without importing torch (the command line builds its flags from them)."""
 from __future__ import annotations
 
+from ..engine.options import EngineOptions
 from ..models.taps import TAPS
 
 # The reference tool whose preprocessing is matched: resize filter and the way pixels are quantised.
@@ -8,3 +9,7 @@ MODES = ("pytorch-fid", "tf", "clean")
 
 # Feature dims -> tap, pytorch-fid's BLOCK_INDEX_BY_DIM over our TAPS table (spatial taps are averaged).
 DIMS: dict[int, str] = {TAPS[name].channels: name for name in ("maxpool1", "maxpool2", "Mixed_6e", "pool")}
+
+# How the metrics run the network unless told otherwise: torch in fp32, whose features equal the plain
+# network's; 50 images per batch, as pytorch-fid.
+METRIC_OPTIONS = EngineOptions(batch_size=50, backend="torch")

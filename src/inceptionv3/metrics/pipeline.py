@@ -1,19 +1,10 @@
 """Generator metrics over folders, statistics files, tensors and iterators of batches.
 
-The network is the FID graph (weights entry ``fid``: 1008 classes, padding-excluded average pools,
-max-pool in Mixed_7c), read at one of four taps (64, 192, 768 or 2048 dims). What differs between the
-reference tools is the preprocessing, so it is a named mode, recorded in every statistics file:
-
-* ``pytorch-fid``: pixels / 255, ``F.interpolate`` bilinear to 299 (align_corners=False, no antialias),
-  then 2x - 1 (pytorch-fid);
-* ``tf``: pixels in 0..255, TF1 ``resize_bilinear`` to 299 (align_corners=False, no half-pixel centres),
-  then (x - 128) / 128 (TTUR, torch-fidelity);
-* ``clean``: pixels in 0..255, PIL bicubic resize of each channel as a float image, clipped to 0..255,
-  then (x - 128) / 128 (clean-fid's "clean" mode).
-
-Files are decoded and preprocessed image by image in worker processes (so mixed sizes, grayscale, RGBA
-and 16-bit files all work); the network runs in inference mode, channels-last, with batch norm folded
-into the convolutions. Statistics accumulate in float64 in O(dims^2) memory and merge across processes.
+What differs between the reference tools is the preprocessing, so it is a named mode (``modes.MODES``,
+``preprocess``), recorded in every statistics file. Files are decoded and preprocessed image by image in
+worker processes (so mixed sizes, grayscale, RGBA and 16-bit files all work) while the engine runs the
+metric network (``featurenet.FeatureNet``). Statistics accumulate in float64 in O(dims^2) memory and
+merge across processes; the math itself is ``functional``'s.
 """
 from __future__ import annotations
 
@@ -28,16 +19,18 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ..data.paths import expand_paths
+from ..engine.inputs import decoded_batches
+from ..engine.options import EngineOptions, PathLike, engine_options
+from ..runtime import distributed as dist_mod
 from . import functional as fidmath
 from .featurenet import FeatureNet
 from .functional import MetricWarning
-from .modes import MODES
+from .modes import METRIC_OPTIONS, MODES
 from .preprocess import ImageTransform
 from .stats import Stats, StatsAccumulator, check_compatible, load_stats
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 Source = Union[PathLike, Sequence[PathLike], torch.Tensor, Iterable[torch.Tensor], "Stats"]
 
@@ -56,8 +49,6 @@ def _is_stats_file(x: Any) -> bool:
 
 
 def _image_paths(source: PathLike | Sequence[PathLike]) -> list[Path]:
-    from ..data.paths import expand_paths
-
     return expand_paths([source] if isinstance(source, (str, os.PathLike)) else list(source))
 
 
@@ -68,8 +59,14 @@ def _is_path_source(source: Any) -> bool:
         isinstance(s, (str, os.PathLike)) for s in source)
 
 
-def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, batch_size: int,
-         workers: int | None, progress: bool, distributed: bool = False) -> _Run:
+def _run_options(net: FeatureNet | None, options: EngineOptions | None, **settings: Any) -> EngineOptions:
+    """The options a run uses: ``options``, else the net's, else ``METRIC_OPTIONS``; keywords replace."""
+    base = options if options is not None else net.options if net is not None else METRIC_OPTIONS
+    return engine_options(base, **settings)
+
+
+def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, options: EngineOptions,
+         distributed: bool = False) -> _Run:
     """Push every image of ``source`` through ``net``: accumulate stats, keep features/logits if asked."""
     run = _Run(None if keep_features else StatsAccumulator(net.dims, net.device), [], [], [])
 
@@ -83,22 +80,18 @@ def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, bat
             run.logits.append(lg.cpu())
 
     if _is_path_source(source):
-        from ..engine.runner import decoded_batches
-
         paths = _image_paths(source)
-        if distributed:
-            import torch.distributed as dist
-            if dist.is_available() and dist.is_initialized():
-                paths = paths[dist.get_rank()::dist.get_world_size()]
-        for batch in decoded_batches(paths, ImageTransform(net.mode), "RGB", batch_size, workers, progress,
-                                     desc=f"{net.mode} features"):
+        if distributed:   # this rank's block of the files; the statistics are merged afterwards
+            env = dist_mod.current_env()
+            paths = [paths[i] for i in dist_mod.shard_range(len(paths), env)]
+        for batch in decoded_batches(paths, ImageTransform(net.mode), options, "RGB", desc=f"{net.mode} features"):
             run.failures += [(str(paths[i]), why) for i, why in batch.failures]
             if batch.indices:
                 consume(*net.forward_prepared(batch.images, logits))
         for path, why in run.failures:
             log.warning("skipped %s: %s", path, why)
     elif isinstance(source, torch.Tensor):
-        for chunk in source.split(batch_size):
+        for chunk in source.split(options.batch_size):
             consume(*net(chunk, logits))
     elif isinstance(source, Iterable):
         for chunk in source:
@@ -113,35 +106,42 @@ def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, bat
 
 
 def compute_features(source: Source, net: FeatureNet | None = None, logits: bool = False,
-                     batch_size: int = 50, workers: int | None = None, progress: bool = False,
-                     **net_kwargs: Any) -> dict:
-    """{"features": N x dims float32, "logits": N x classes or None, "failures": [(path, why)]}."""
+                     batch_size: int | None = None, workers: int | None = None, progress: bool | None = None,
+                     *, options: EngineOptions | None = None, **net_kwargs: Any) -> dict:
+    """{"features": N x dims float32, "logits": N x classes or None, "failures": [(path, why)]}.
+
+    ``net`` defaults to ``FeatureNet(options=options, **net_kwargs)``; ``options`` (default: the net's)
+    say how to batch and decode, the keywords of the same names replace single settings.
+    """
     if _is_stats_file(source) or isinstance(source, Stats):
         raise ValueError(f"{source}: KID, the Inception Score and precision/recall need the images "
                          f"themselves; a statistics file only holds their mean and covariance")
-    net = net or FeatureNet(**net_kwargs)
-    run = _run(source, net, True, logits, batch_size, workers, progress)
+    options = _run_options(net, options, batch_size=batch_size, workers=workers, progress=progress)
+    net = net or FeatureNet(options=options, **net_kwargs)
+    run = _run(source, net, True, logits, options)
     dims, classes = net.dims, net.num_classes
     feats = torch.cat(run.features) if run.features else torch.zeros(0, dims)
     lg = (torch.cat(run.logits) if run.logits else torch.zeros(0, classes)) if logits else None
     return {"features": feats, "logits": lg, "failures": run.failures}
 
 
-def compute_stats(source: Source, net: FeatureNet | None = None, batch_size: int = 50,
-                  workers: int | None = None, progress: bool = False, distributed: bool = False,
-                  **net_kwargs: Any) -> Stats:
+def compute_stats(source: Source, net: FeatureNet | None = None, batch_size: int | None = None,
+                  workers: int | None = None, progress: bool | None = None, distributed: bool = False,
+                  *, options: EngineOptions | None = None, **net_kwargs: Any) -> Stats:
     """Statistics of a folder / files / tensor / iterator of batches, or read from an ``.npz`` file.
 
-    ``distributed=True`` under torchrun: each rank reads its share of the files and the ranks' statistics
-    are merged (every rank returns the full statistics). Fewer than 2 usable images is an error (``fid``
-    also warns when there are fewer images than dims).
+    ``distributed=True`` in a joined process group (torchrun): each rank reads its block of the files and
+    the ranks' statistics are merged (every rank returns the full statistics). Fewer than 2 usable images
+    is an error (``fid`` also warns when there are fewer images than dims). ``net`` and ``options`` as
+    for ``compute_features``.
     """
     if isinstance(source, Stats):
         return source
     if _is_stats_file(source):
         return load_stats(source)
-    net = net or FeatureNet(**net_kwargs)
-    run = _run(source, net, False, False, batch_size, workers, progress, distributed)
+    options = _run_options(net, options, batch_size=batch_size, workers=workers, progress=progress)
+    net = net or FeatureNet(options=options, **net_kwargs)
+    run = _run(source, net, False, False, options, distributed)
     acc = run.accumulator
     if distributed:
         acc.all_reduce()
@@ -164,24 +164,28 @@ def _warn_few(n: int | None, dims: int, label: str, out: list[str]) -> None:
 
 
 def fid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mode: str | None = None,
-        dims: int | None = None, device: str = "auto", batch_size: int = 50, workers: int | None = None,
-        legacy_sqrtm: bool = False, strict: bool = False, progress: bool = False) -> dict:
+        dims: int | None = None, device: str | None = None, batch_size: int | None = None,
+        workers: int | None = None, legacy_sqrtm: bool = False, strict: bool = False,
+        progress: bool | None = None, options: EngineOptions | None = None) -> dict:
     """FID between two sources (folders, files, ``.npz`` statistics, tensors, iterators of batches).
 
     ``mode`` and ``dims`` default to those of a statistics file among the inputs (so images are scored
     the way the reference statistics were made), else ``pytorch-fid`` and 2048. Returns {"fid",
     "method", "n", "dims", "diagnostics", "warnings", "meta"}; statistics made with other weights, taps or
-    modes warn (or raise under ``strict``).
+    modes warn (or raise under ``strict``). ``options`` (default ``METRIC_OPTIONS``) say how the engine
+    runs; ``device``, ``batch_size``, ``workers`` and ``progress`` replace single settings.
     """
+    options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
+                           progress=progress)
     sa, sb = (load_stats(x) if _is_stats_file(x) else x for x in (a, b))
     given = [s for s in (sa, sb) if isinstance(s, Stats)]
     if mode is None:
         mode = next((s.meta["mode"] for s in given if s.meta.get("mode") in MODES), "pytorch-fid")
     if dims is None:
         dims = given[0].dims if given else 2048
-    net = None if len(given) == 2 else FeatureNet(weights, mode, dims, device)
-    sa = compute_stats(sa, net, batch_size, workers, progress)
-    sb = compute_stats(sb, net, batch_size, workers, progress)
+    net = None if len(given) == 2 else FeatureNet(weights, mode, dims, options=options)
+    sa = compute_stats(sa, net, options=options)
+    sb = compute_stats(sb, net, options=options)
     out_warnings = list(check_compatible(sa, sb, strict))
     for s in (sa, sb):
         _warn_few(s.n, s.dims, s.source, out_warnings)
@@ -194,12 +198,15 @@ def fid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mo
 
 
 def kid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mode: str = "pytorch-fid",
-        dims: int = 2048, device: str = "auto", batch_size: int = 50, workers: int | None = None,
-        subsets: int = 100, subset_size: int = 1000, seed: int = 2020, progress: bool = False) -> dict:
+        dims: int = 2048, device: str | None = None, batch_size: int | None = None, workers: int | None = None,
+        subsets: int = 100, subset_size: int = 1000, seed: int = 2020, progress: bool | None = None,
+        options: EngineOptions | None = None) -> dict:
     """KID (cubic polynomial kernel, ``subsets`` random subsets of ``subset_size``): mean and std."""
-    net = FeatureNet(weights, mode, dims, device)
-    fa = compute_features(a, net, False, batch_size, workers, progress)
-    fb = compute_features(b, net, False, batch_size, workers, progress)
+    options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
+                           progress=progress)
+    net = FeatureNet(weights, mode, dims, options=options)
+    fa = compute_features(a, net)
+    fb = compute_features(b, net)
     f1, f2 = fa["features"].to(net.device), fb["features"].to(net.device)
     res = fidmath.kid(f1, f2, subsets, subset_size, seed)
     return {"kid": res.mean, "kid_std": res.std, "subsets": subsets, "subset_size": subset_size,
@@ -208,12 +215,14 @@ def kid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mo
 
 
 def inception_score(a: Source, *, weights: str | PathLike | nn.Module = "fid",
-                    mode: str = "pytorch-fid", device: str = "auto", batch_size: int = 50,
+                    mode: str = "pytorch-fid", device: str | None = None, batch_size: int | None = None,
                     workers: int | None = None, splits: int = 10, seed: int = 2020,
-                    progress: bool = False) -> dict:
+                    progress: bool | None = None, options: EngineOptions | None = None) -> dict:
     """Inception Score over ``splits`` splits: softmax over the net's logits without the fc bias."""
-    net = FeatureNet(weights, mode, 2048, device)
-    fa = compute_features(a, net, True, batch_size, workers, progress)
+    options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
+                           progress=progress)
+    net = FeatureNet(weights, mode, 2048, options=options)
+    fa = compute_features(a, net, True)
     res = fidmath.inception_score(fa["logits"], splits, True, seed)
     return {"is": res.mean, "is_std": res.std, "splits": splits, "n": len(fa["logits"]),
             "logits": f"softmax over the {net.num_classes} logits without the fc bias (as the original "
@@ -222,11 +231,14 @@ def inception_score(a: Source, *, weights: str | PathLike | nn.Module = "fid",
 
 
 def precision_recall(generated: Source, real: Source, *, weights: str | PathLike | nn.Module = "fid",
-                     mode: str = "pytorch-fid", dims: int = 2048, device: str = "auto", batch_size: int = 50,
-                     workers: int | None = None, k: int = 3, progress: bool = False) -> dict:
+                     mode: str = "pytorch-fid", dims: int = 2048, device: str | None = None,
+                     batch_size: int | None = None, workers: int | None = None, k: int = 3,
+                     progress: bool | None = None, options: EngineOptions | None = None) -> dict:
     """Improved precision/recall (Kynkäänniemi et al. 2019) on the same features as FID."""
-    net = FeatureNet(weights, mode, dims, device)
-    fg = compute_features(generated, net, False, batch_size, workers, progress)
-    fr = compute_features(real, net, False, batch_size, workers, progress)
+    options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
+                           progress=progress)
+    net = FeatureNet(weights, mode, dims, options=options)
+    fg = compute_features(generated, net)
+    fr = compute_features(real, net)
     out = fidmath.precision_recall(fg["features"], fr["features"], k)
     return {**out, "n": [len(fg["features"]), len(fr["features"])], "meta": net.meta()}

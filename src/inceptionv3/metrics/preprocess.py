@@ -1,8 +1,5 @@
-"""Generator metrics over folders, statistics files, tensors and iterators of batches.
-
-The network is the FID graph (weights entry ``fid``: 1008 classes, padding-excluded average pools,
-max-pool in Mixed_7c), read at one of four taps (64, 192, 768 or 2048 dims). What differs between the
-reference tools is the preprocessing, so it is a named mode, recorded in every statistics file:
+"""The metric modes' preprocessing: raw images -> the FID network's 299 px input, as each reference tool
+prepares it.
 
 * ``pytorch-fid``: pixels / 255, ``F.interpolate`` bilinear to 299 (align_corners=False, no antialias),
   then 2x - 1 (pytorch-fid);
@@ -10,10 +7,6 @@ reference tools is the preprocessing, so it is a named mode, recorded in every s
   then (x - 128) / 128 (TTUR, torch-fidelity);
 * ``clean``: pixels in 0..255, PIL bicubic resize of each channel as a float image, clipped to 0..255,
   then (x - 128) / 128 (clean-fid's "clean" mode).
-
-Files are decoded and preprocessed image by image in worker processes (so mixed sizes, grayscale, RGBA
-and 16-bit files all work); the network runs in inference mode, channels-last, with batch norm folded
-into the convolutions. Statistics accumulate in float64 in O(dims^2) memory and merge across processes.
 """
 from __future__ import annotations
 

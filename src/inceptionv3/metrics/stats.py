@@ -1,37 +1,20 @@
-"""Generator metrics over folders, statistics files, tensors and iterators of batches.
-
-The network is the FID graph (weights entry ``fid``: 1008 classes, padding-excluded average pools,
-max-pool in Mixed_7c), read at one of four taps (64, 192, 768 or 2048 dims). What differs between the
-reference tools is the preprocessing, so it is a named mode, recorded in every statistics file:
-
-* ``pytorch-fid``: pixels / 255, ``F.interpolate`` bilinear to 299 (align_corners=False, no antialias),
-  then 2x - 1 (pytorch-fid);
-* ``tf``: pixels in 0..255, TF1 ``resize_bilinear`` to 299 (align_corners=False, no half-pixel centres),
-  then (x - 128) / 128 (TTUR, torch-fidelity);
-* ``clean``: pixels in 0..255, PIL bicubic resize of each channel as a float image, clipped to 0..255,
-  then (x - 128) / 128 (clean-fid's "clean" mode).
-
-Files are decoded and preprocessed image by image in worker processes (so mixed sizes, grayscale, RGBA
-and 16-bit files all work); the network runs in inference mode, channels-last, with batch norm folded
-into the convolutions. Statistics accumulate in float64 in O(dims^2) memory and merge across processes.
+"""Feature statistics: the float64 streaming accumulator (mergeable across processes) and ``.npz`` files
+in pytorch-fid's layout (``mu``, ``sigma``) plus our metadata, which says how they were made.
 """
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from ..engine.options import PathLike
 from ..runtime.files import atomic_path
 from .functional import MetricWarning
-
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 STATS_FORMAT = "inceptionv3-stats/1"
 
@@ -82,8 +65,6 @@ class StatsAccumulator:
 
     def all_reduce(self) -> StatsAccumulator:
         """Merge every rank's rows (torch.distributed, if initialised); all ranks end equal. Returns self."""
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self
         world = dist.get_world_size()

@@ -1,12 +1,12 @@
-"""torchrun's environment and the few collectives training needs.
+"""torchrun's environment and the few collectives training and sharded inference need.
 
 `torchrun --nproc_per_node=N -m inceptionv3 train ...` starts N processes and tells each its place through
 environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). `setup` reads them and
 joins the process group (NCCL on GPUs, gloo on CPUs); without them everything here is a cheap no-op, so
 the training loop has one code path for one process and for many machines.
 
-`shard_range` and `gather_to_main` split inference inputs into per-rank blocks and merge the outputs
-back in input order on rank 0.
+`start` is the set-up of every inference command (features, evaluate); `shard_range` and
+`gather_to_main` split its inputs into per-rank blocks and merge the outputs back in input order on rank 0.
 
 `ShardedSampler` gives every rank its slice of each global batch in a seeded per-epoch order (the job
 torch's DistributedSampler does), and can start mid-epoch: a resumed run skips the batches already
@@ -81,6 +81,26 @@ def setup(device: torch.device, timeout_minutes: float = 30.0) -> DistEnv:
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     logger.debug("rank %d of %d joined (%s)", env.rank, env.world_size, backend)
     return env
+
+
+def start(device: torch.device, distributed: bool | None = None) -> tuple[DistEnv, torch.device]:
+    """(this process's DistEnv, its device) for a sharded inference job.
+
+    `distributed` None means: when torchrun started this process. Joins the process group when
+    distributed; under torchrun on GPUs each process then takes the GPU of its LOCAL_RANK.
+    """
+    if distributed is None:
+        distributed = env_from_environ().distributed
+    env = setup(device) if distributed else SINGLE_PROCESS
+    return env, local_device(device, env)
+
+
+def current_env() -> DistEnv:
+    """The DistEnv of a process group someone already joined (`torch.distributed`), else one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE_PROCESS
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                   local_rank=env_from_environ().local_rank)
 
 
 def teardown() -> None:

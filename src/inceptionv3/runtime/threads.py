@@ -1,7 +1,9 @@
 """Where the work runs: device choice and the thread budget.
 
-Two cores are easy to oversubscribe: with one core busy, 2-thread PyTorch runs at about a quarter of its
-quiet speed. Compute threads and decode workers are therefore budgeted together.
+A few cores are easy to oversubscribe: when another thread holds one of them, a torch op split over all
+cores waits for it at every barrier and slows far more than by that core's share (docs/performance.md).
+Compute threads and decode workers are therefore budgeted together. Nothing here imports torch at
+module level, so a command can set the OpenMP environment before torch loads.
 """
 from __future__ import annotations
 
@@ -46,10 +48,16 @@ def available_cores() -> int:
     return max(1, cores // local_procs)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; an unavailable explicit choice is an error."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; an unavailable explicit choice is an error.
+
+    The one device choice of every command (torch is imported here, not at module level: see
+    ``prepare_process``).
+    """
     import torch
 
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -1,8 +1,9 @@
 """Classification metrics (top-k, confusion, per-class precision/recall) and a text / PNG report.
 
-`evaluate_model` is the pure part: a model and a loader in, numbers out. `evaluate` wires a saved model
-(its own preprocessing and class names) to a labeled data set; `format_report` and `plot_confusion` turn
-the numbers into something a person reads.
+``evaluate_model`` is the one evaluation loop: a model (or engine) and a loader in, numbers out; training
+calls it for its held-out split. ``evaluate`` wires saved weights (their own preprocessing and class names)
+to a labeled data set through the engine; ``format_report`` and ``plot_confusion`` turn the numbers into
+something a person reads.
 """
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.datasets import load_labeled
+from ..data.loaders import labeled_loader
+from ..data.transforms import MULTI_CROPS, multi_crop_transform
+from ..engine.engine import build_engine
+from ..engine.inputs import image_mode, thread_budget
+from ..engine.options import Calibration, EngineOptions, engine_options
 from ..runtime import distributed as dist_mod
 from ..runtime.distributed import SINGLE_PROCESS, DistEnv
 from ..runtime.files import atomic_path
-from ..runtime.threads import resolve_device, set_compute_threads
+from ..runtime.threads import resolve_device
+from ..weights.load import load_model
 
 logger = logging.getLogger(__name__)
 
-
+# What `evaluate` runs with unless told otherwise: 64 images (or crops) per forward pass.
+EVALUATE_OPTIONS = EngineOptions(batch_size=64)
 MAX_PRINTED_CLASSES = 20  # wider confusion matrices do not fit a terminal; use --plot or the JSON output
 
 
@@ -36,6 +45,7 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     env: DistEnv = SINGLE_PROCESS,
     chunk: int = 64,
+    options: EngineOptions | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy (percent), mean cross-entropy and the confusion matrix over `loader`.
 
@@ -46,10 +56,14 @@ def evaluate_model(
     Precision of a class never predicted, and recall of a class absent from the data, are 0.
     Under torchrun each rank passes its shard of the data; the counts are summed over ranks, so every
     rank returns the numbers of the whole data set. `model` is a module or any callable from images to
-    logits, such as an `accel.Engine`.
+    logits, such as an `engine.Engine`. With `options`, a module runs as `evaluate` runs saved weights:
+    through `build_engine(model, "logits", options)` on `device` (its batch norm folded, so the numbers
+    equal `evaluate`'s; the module itself is left as it is).
     """
     device = torch.device(device)
-    if isinstance(model, nn.Module):
+    if options is not None and isinstance(model, nn.Module):
+        model = build_engine(model, "logits", engine_options(options, device=str(device)))
+    elif isinstance(model, nn.Module):
         model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     k5 = min(5, num_classes)
@@ -107,16 +121,18 @@ def evaluate(
     data: str,
     weights: str,
     split: str = "val",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
     crops: int = 1,
     distributed: bool | None = None,
-    precision: str = "fp32",
-    backend: str = "auto",
-    calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    precision: str | None = None,
+    backend: str | None = None,
+    calibration: Calibration = None,
+    *,
+    options: EngineOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate saved weights on a labeled data set ("digits" or an image folder).
 
@@ -124,34 +140,22 @@ def evaluate(
     class names must match the model's, so that label i means the same class to both. `val_fraction` and
     `seed` must be the ones used in training when a single folder is split (they are ignored for
     "digits", whose split is fixed, and for folders with train/ and val/ sub-folders).
-    `crops` > 1 averages over 10, 12 or 144 crops per image (`transforms.MULTI_CROPS`); `batch_size` then
+    `crops` > 1 averages over 10, 12 or 144 crops per image (`transforms.MULTI_CROPS`); the batch size then
     counts crops. Under torchrun (`distributed` None means: when torchrun started this process) each rank
     evaluates a contiguous shard and the counts are summed, so every rank returns the whole result.
-    The network runs as `accel.build_engine` builds it (batch norm folded, sibling convs fused) at
-    `precision` on `backend`, as `predict` does; int8 calibrates on `calibration` (images like the data).
+    `options` (default `EVALUATE_OPTIONS`) say how the engine runs, as for `predict`; the keywords of the
+    same names replace single settings.
     """
-    from ..data.datasets import load_labeled
-    from ..data.loaders import default_workers, labeled_loader
-    from ..data.transforms import MULTI_CROPS, multi_crop_transform
-    from ..engine.engine import build_engine
-    from ..engine.runner import calibration_images
-    from ..weights.load import load_model
-
     if crops not in MULTI_CROPS:
         raise ValueError(f"--crops {crops}: choose one of {', '.join(map(str, MULTI_CROPS))}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    dev = resolve_device(device)
-    if distributed is None:
-        distributed = dist_mod.env_from_environ().distributed
-    env = dist_mod.setup(dev) if distributed else SINGLE_PROCESS
-    dev = dist_mod.local_device(dev, env)
+    options = engine_options(options or EVALUATE_OPTIONS, batch_size=batch_size, workers=workers, device=device,
+                             precision=precision, backend=backend, calibration=calibration)
+    env, dev = dist_mod.start(resolve_device(options.device), distributed)
+    options = engine_options(options, device=str(dev))
     model = load_model(weights, device=str(dev))
     meta = model.meta
-    in_chans = int(getattr(model, "in_chans", 3))
-    transform = multi_crop_transform(meta.preprocess, crops, in_chans=in_chans)
-    mode = "L" if in_chans == 1 else "RGB"
-    dataset = load_labeled(data, split, transform, mode=mode, val_fraction=val_fraction, seed=seed)
+    transform = multi_crop_transform(meta.preprocess, crops, in_chans=int(getattr(model, "in_chans", 3)))
+    dataset = load_labeled(data, split, transform, mode=image_mode(model), val_fraction=val_fraction, seed=seed)
     classes = list(dataset.classes)
     if meta.class_names is not None:
         if list(meta.class_names) != classes:
@@ -168,20 +172,12 @@ def evaluate(
     elif env.is_main:
         logger.warning("%s carries no class names; assuming they are the data's: %s", weights,
                        _preview(classes))
-    if workers is None:
-        workers = default_workers()
-    set_compute_threads(workers)
     shard = torch.utils.data.Subset(dataset, dist_mod.shard_range(len(dataset), env)) if env.distributed \
         else dataset
-    loader = labeled_loader(shard, batch_size=max(1, batch_size // crops), shuffle=False,
-                                     workers=workers)
-    images = None
-    if calibration is not None:
-        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
-        images = calibration_images(model, spec, workers=workers)
-    engine = build_engine(model, output="logits", precision=precision, backend=backend, device=dev,
-                          calibration=images, batch_size=batch_size, images=len(shard) * crops)
-    result = evaluate_model(engine, loader, len(classes), dev, env, chunk=batch_size)
+    engine = build_engine(model, "logits", options, images=len(shard) * crops)
+    workers = thread_budget(options)
+    loader = labeled_loader(shard, batch_size=max(1, options.batch_size // crops), shuffle=False, workers=workers)
+    result = evaluate_model(engine, loader, len(classes), dev, env, chunk=options.batch_size)
     if result["skipped"] and env.is_main:
         logger.warning("skipped %d unreadable images", result["skipped"])
     result.update(class_names=classes, data=data, split=split, weights=str(weights), crops=crops,

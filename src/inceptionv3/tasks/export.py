@@ -9,31 +9,28 @@ own runtime and returns the largest difference from the PyTorch model.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 import torch
-import torch.nn as nn
+from torch import nn
 
+from ..engine.backends import ort_session
+from ..engine.onnx import MAX_BATCH, OPSET, export_onnx
 from ..engine.options import EXPORT_FORMATS as FORMATS
 from ..runtime.files import atomic_path
+from ..weights.io import FORMAT
 
 log = logging.getLogger(__name__)
 
-
-
-
-OPSET = 18           # >= 17 (LayerNorm-era ops); 18 is what torch.onnx's dynamo exporter targets natively
-
+__all__ = ["FORMATS", "META_FILE", "OPSET", "TOLERANCE", "ExportResult", "check_export", "export_metadata",
+           "export_model", "load_exported_metadata", "run_exported"]
 
 TOLERANCE = 1e-4     # max abs difference from our PyTorch logits that --check accepts
-
-
 META_FILE = "meta.json"
 
 
@@ -42,13 +39,11 @@ class ExportResult:
     path: Path
     format: str
     input_shape: tuple[int, int, int, int]   # example shape; axis 0 (batch) is dynamic
-    max_abs_diff: Optional[float] = None     # set by check_export
+    max_abs_diff: float | None = None     # set by check_export
 
 
 def export_metadata(model: nn.Module) -> dict[str, str]:
     """String -> string metadata for an exported file: what a runtime needs to feed the model right."""
-    from ..weights.io import FORMAT
-
     meta = getattr(model, "meta", None)
     fields = {
         "format": FORMAT,
@@ -66,7 +61,7 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in fields.items() if v is not None}
 
 
-def _example(model: nn.Module, input_size: Optional[int], batch: int = 2) -> torch.Tensor:
+def _example(model: nn.Module, input_size: int | None, batch: int = 2) -> torch.Tensor:
     meta = getattr(model, "meta", None)
     size = input_size or (meta.preprocess.input_size if meta is not None else 299)
     in_chans = int(getattr(model, "in_chans", 3))
@@ -74,47 +69,8 @@ def _example(model: nn.Module, input_size: Optional[int], batch: int = 2) -> tor
     return torch.randn(batch, in_chans, size, size, generator=g)
 
 
-def _need_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): "
-                          f"pip install 'inceptionv3[export]'") from None
-
-
-@contextmanager
-def _quiet(names: tuple[str, ...] = ("onnxscript", "onnx_ir")) -> Iterator[None]:
-    # The exporter logs every optimisation pass at INFO; keep our CLI's INFO output readable.
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _export_onnx(model: nn.Module, x: torch.Tensor, tmp: Path, metadata: dict[str, str]) -> None:
-    import onnx
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet():
-        program = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, input_names=["input"],
-                                    output_names=["logits"], dynamic_shapes={"x": {0: batch}},
-                                    external_data=False, verbose=False)
-    proto = program.model_proto
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(tmp))
-
-
-def export_model(model: nn.Module, out: Union[str, os.PathLike], format: str = "onnx",
-                 input_size: Optional[int] = None, check: bool = False) -> ExportResult:
+def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
+                 input_size: int | None = None, check: bool = False) -> ExportResult:
     """Write ``model`` (in eval mode, on CPU) as ``format`` to ``out``, atomically.
 
     ``input_size`` fixes the spatial side (default: the weights' preprocess input size); the batch axis
@@ -129,13 +85,12 @@ def export_model(model: nn.Module, out: Union[str, os.PathLike], format: str = "
     metadata = export_metadata(model)
     with torch.no_grad(), atomic_path(out) as tmp:
         if format == "onnx":
-            _need_onnx()
-            _export_onnx(model, x, tmp, metadata)
+            export_onnx(model, x, tmp, output_name="logits", metadata=metadata)
         elif format == "torchscript":
             scripted = torch.jit.script(model)
             torch.jit.save(scripted, str(tmp), _extra_files={META_FILE: json.dumps(metadata)})
         else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
+            batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
             program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
             torch.export.save(program, str(tmp), extra_files={META_FILE: json.dumps(metadata)})
     result = ExportResult(out, format, tuple(x.shape))
@@ -145,7 +100,7 @@ def export_model(model: nn.Module, out: Union[str, os.PathLike], format: str = "
     return result
 
 
-def load_exported_metadata(path: Union[str, os.PathLike], format: str) -> dict:
+def load_exported_metadata(path: str | os.PathLike, format: str) -> dict:
     """The metadata an exported file carries, JSON values decoded."""
     raw: dict[str, str]
     if format == "onnx":
@@ -168,19 +123,12 @@ def load_exported_metadata(path: Union[str, os.PathLike], format: str) -> dict:
     return out
 
 
-def run_exported(path: Union[str, os.PathLike], format: str, x: torch.Tensor) -> torch.Tensor:
+def run_exported(path: str | os.PathLike, format: str, x: torch.Tensor) -> torch.Tensor:
     """Logits of an exported file on ``x``, computed by the file's own runtime (onnxruntime for ONNX)."""
     if format == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("checking an ONNX file needs onnxruntime: pip install 'inceptionv3[export]'"
-                              ) from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ImportError("checking an ONNX file needs onnxruntime: pip install 'inceptionv3[export]'")
+        return torch.from_numpy(ort_session(Path(path))(x.numpy()))
     if format == "torchscript":
         module = torch.jit.load(str(path), map_location="cpu")
     else:
@@ -189,7 +137,7 @@ def run_exported(path: Union[str, os.PathLike], format: str, x: torch.Tensor) ->
         return module(x)
 
 
-def check_export(path: Union[str, os.PathLike], model: nn.Module, format: str,
+def check_export(path: str | os.PathLike, model: nn.Module, format: str,
                  input_size: int, batch: int = 3) -> float:
     """Max abs difference between the exported file and ``model`` on a random batch (a batch size other
     than the export example's, which also proves the batch axis is dynamic); ValueError over TOLERANCE."""

@@ -1,4 +1,8 @@
-"""Feature extraction: one N x D float32 matrix per folder of images, for transfer learning and metrics."""
+"""Feature extraction: one N x D float32 matrix per folder of images, for transfer learning and metrics.
+
+``extract_features`` runs the engine over the images (sharded under torchrun) and keeps finished rows in a
+resume folder as it goes; ``save_features`` writes the result as .npy, .npz or .safetensors.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,19 +12,18 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn as nn
+from torch import nn
 
 from ..data.paths import expand_paths
 from ..engine import runner
+from ..engine.options import Calibration, EngineOptions, engine_options
 from ..models.taps import TAPS
 from ..runtime import distributed as dist_mod
-from ..runtime.distributed import SINGLE_PROCESS
 from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.threads import resolve_device
 from ..weights.io import state_dict_digest
@@ -29,14 +32,9 @@ from .formats import FEATURE_FORMATS
 
 log = logging.getLogger(__name__)
 
-
-
-
 # Finished rows go to the resume folder at least every FLUSH_ROWS images or FLUSH_SECONDS, whichever
 # comes first: a crash loses at most that much work.
 FLUSH_ROWS = 1024
-
-
 FLUSH_SECONDS = 60.0
 
 
@@ -52,17 +50,19 @@ def extract_features(
     inputs: Sequence[str | os.PathLike],
     weights: str | os.PathLike | nn.Module = "imagenet",
     layer: str = "pool",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
-    device: str = "auto",
-    progress: bool = False,
+    device: str | None = None,
+    progress: bool | None = None,
     arch: str | None = None,
     distributed: bool | None = None,
-    precision: str = "fp32",
-    backend: str = "auto",
-    calibration: str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor | None = None,
+    precision: str | None = None,
+    backend: str | None = None,
+    calibration: Calibration = None,
     resume: str | os.PathLike | None = None,
     restart: bool = False,
+    *,
+    options: EngineOptions | None = None,
 ) -> Features:
     """Features of every usable image at ``layer`` (a name from ``model.TAPS``); failures are listed.
 
@@ -70,9 +70,8 @@ def extract_features(
     contiguous shard of the inputs; rank 0 returns the merged result, in input order and equal to a
     single-process run, and the other ranks return their own shard.
 
-    The network runs as ``accel.build_engine`` builds it (batch norm folded, sibling convs fused) at
-    ``precision`` on ``backend``; fp32 (the default) matches the plain model to float rounding, which
-    metrics such as FID need. int8 calibrates on ``calibration`` (images like the inputs).
+    ``options`` say how the engine runs (the keywords of the same names replace single settings); fp32
+    (the default) matches the plain model to float rounding, which metrics such as FID need.
 
     ``resume``: a folder that keeps finished rows as they come (every ``FLUSH_ROWS`` images or
     ``FLUSH_SECONDS``, and when the run is interrupted); called again with the same folder, inputs,
@@ -82,18 +81,18 @@ def extract_features(
     """
     if layer not in TAPS:
         raise ValueError(f"unknown --layer {layer!r}; choose one of: {', '.join(TAPS)}")
+    options = engine_options(options, batch_size=batch_size, workers=workers, device=device, progress=progress,
+                             precision=precision, backend=backend, calibration=calibration)
     paths = expand_paths(inputs)
-    if distributed is None:
-        distributed = dist_mod.env_from_environ().distributed
-    dev = resolve_device(device)
-    env = dist_mod.setup(dev) if distributed else SINGLE_PROCESS
-    dev = dist_mod.local_device(dev, env)
+    env, dev = dist_mod.start(resolve_device(options.device), distributed)
+    options = engine_options(options, device=str(dev), progress=options.progress and env.is_main)
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
     if resume is not None and restart:
         if env.is_main:
             discard_partial(resume)
         dist_mod.barrier(env)
-    saved = _Saved(Path(resume), _job(model, paths, layer, precision), env.rank) if resume is not None else None
+    saved = _Saved(Path(resume), _job(model, paths, layer, options.precision), env.rank) \
+        if resume is not None else None
     done, done_failed = saved.load() if saved else ({}, {})
     if env.distributed and len(set(dist_mod.gather_objects(len(done) + len(done_failed), env))) > 1:
         raise ValueError(f"resume folder {resume}: the ranks see different saved rows; it must be on a "
@@ -104,13 +103,8 @@ def extract_features(
         log.info("resuming from %s: %d images done, %d to go", resume, len(done) + len(done_failed), len(todo))
     rows: list[tuple[int, np.ndarray]] = []
     failures: list[tuple[int, str]] = []
-    if calibration is not None and not isinstance(calibration, torch.Tensor):
-        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
-        calibration = runner.calibration_images(model, spec, workers=workers)
     try:
-        steps = runner.run(model, [paths[i] for i in mine], layer, batch_size, workers, str(dev),
-                              progress and env.is_main, desc="features", precision=precision,
-                              backend=backend, calibration=calibration) if mine else []
+        steps = runner.run(model, [paths[i] for i in mine], layer, options, desc="features") if mine else []
         for step in steps:
             got = list(zip((mine[k] for k in step.indices), step.outputs.numpy()))
             lost = [(mine[k], why) for k, why in step.failures]

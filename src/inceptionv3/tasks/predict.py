@@ -1,14 +1,15 @@
-"""Classification: top-k labels and probabilities per image."""
+"""Classification: the top-k labels and probabilities of each image, through the engine."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..data.paths import expand_paths
 from ..engine import runner
+from ..engine.options import Calibration, EngineOptions, engine_options
 from ..weights.load import load_model
 
 
@@ -26,15 +27,17 @@ def predict(
     inputs: Sequence[str | os.PathLike],
     weights: str | os.PathLike | nn.Module = "imagenet",
     top_k: int = 5,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
-    device: str = "auto",
+    device: str | None = None,
     strict: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     arch: str | None = None,
-    precision: str = "fp32",
-    backend: str = "auto",
-    calibration: str | os.PathLike | Sequence[str | os.PathLike] | torch.Tensor | None = None,
+    precision: str | None = None,
+    backend: str | None = None,
+    calibration: Calibration = None,
+    *,
+    options: EngineOptions | None = None,
 ) -> list[dict]:
     """Classify images; one result per input image, in input order.
 
@@ -42,21 +45,19 @@ def predict(
     ``{"path", "predictions": [{"index", "label", "probability"}, ...]}`` or ``{"path", "error"}``.
     With ``strict=True`` the first unusable image raises ``ImageFailure``.
 
-    ``precision`` (auto, fp32, bf16, int8) and ``backend`` (auto, torch, onnxruntime, openvino) choose
-    the engine (see ``accel``); int8 calibrates on ``calibration``: images (files, folders) like the
-    inputs, or a preprocessed N x C x H x W tensor.
+    ``options`` say how the engine runs (device, precision, backend, batching, int8 calibration); the
+    keywords of the same names replace single settings (defaults: ``EngineOptions()``, fp32 on the
+    fastest backend for the job).
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    options = engine_options(options, batch_size=batch_size, workers=workers, device=device, progress=progress,
+                             precision=precision, backend=backend, calibration=calibration)
     paths = expand_paths(inputs)
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
     names = model.meta.class_names
     results: list[dict | None] = [None] * len(paths)
-    if calibration is not None and not isinstance(calibration, torch.Tensor):
-        spec = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
-        calibration = runner.calibration_images(model, spec, workers=workers)
-    for step in runner.run(model, paths, "logits", batch_size, workers, device, progress, desc="predict",
-                              precision=precision, backend=backend, calibration=calibration):
+    for step in runner.run(model, paths, "logits", options, desc="predict"):
         for i, reason in step.failures:
             if strict:
                 raise ImageFailure(f"{paths[i]}: {reason}")
