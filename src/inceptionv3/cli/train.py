@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..training.config import TrainConfig   # torch-free: the parser is built without loading torch
+from ..training.config import TrainConfig  # torch-free: the parser is built without loading torch
 from .common import EXIT_OK, add_dataclass_args, config_from, show_progress
 
 NAME = "train"

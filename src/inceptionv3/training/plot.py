@@ -80,7 +80,7 @@ def plot_curves(records: Sequence[dict[str, Any]], out: str | os.PathLike) -> li
 def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
     """All pictures of a run folder into `out` (default RUN/plots): the curves, and confusion.png when
     the run saved its best epoch's confusion matrix. Returns the files written."""
-    from ..tasks.evaluate import plot_confusion   # here: it loads torch, which the curves do not need
+    from ..tasks.evaluate import plot_confusion  # here: it loads torch, which the curves do not need
 
     run = Path(run)
     records = read_metrics(run)
