@@ -32,7 +32,7 @@ DIGITS = [str(d) for d in range(10)]
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     # The real network at its smallest size on 400 of the 1,347 training digits, 2 epochs (50 steps):
-    # about 65-68% held-out top-1 over seeds 0-2, in ~30 s on one core.
+    # about 65-68% held-out top-1 over seeds 0-2 (chance: 10%).
     cfg = TrainConfig(data="digits", out=str(tmp_path_factory.mktemp("run")), arch="inception_v3",
                       image_size=75, epochs=2, batch_size=16, limit=400, workers=0, threads=1)
     return cfg, train(cfg, progress=False)

@@ -269,8 +269,8 @@ def epoch_totals(st: EpochState, optimizer: torch.optim.Optimizer, env: DistEnv,
 def resolve_amp(amp: str, device: torch.device) -> str:
     """`--amp auto` -> "bf16" where the device has native bf16, else "off"; other values as given.
 
-    bf16 keeps fp32's exponent range, so it needs no loss scaling; on the digits it keeps the accuracy
-    target (within 3 of 450 held-out images of fp32; see the README). fp16 is never chosen automatically."""
+    bf16 keeps fp32's exponent range, so it needs no loss scaling; on the digits it reaches fp32's
+    accuracy target (docs/performance.md). fp16 is never chosen automatically."""
     if amp != "auto":
         return amp
     return "bf16" if resolve.native_bf16(device) else "off"   # the one detection `--precision auto` uses
