@@ -39,17 +39,20 @@ class _Siblings(nn.Module):
                  count_include_pad: bool = True) -> None:
         super().__init__()
         self.sizes = [c.out_channels for c in convs]
+        dev = convs[0].weight.device
         weights = [c.weight for c in convs]
-        biases = [c.bias if c.bias is not None else torch.zeros(c.out_channels) for c in convs]
+        biases = [c.bias if c.bias is not None else torch.zeros(c.out_channels, device=dev) for c in convs]
         self.pooled = 0
         if pool_conv is not None:
             self.pooled = pool_conv.out_channels
             weights.append(pool_conv.weight)
-            biases.append(torch.zeros(self.pooled))
-            pool_bias = pool_conv.bias if pool_conv.bias is not None else torch.zeros(self.pooled)
+            biases.append(torch.zeros(self.pooled, device=dev))
+            pool_bias = pool_conv.bias if pool_conv.bias is not None else torch.zeros(self.pooled, device=dev)
             self.register_buffer("pool_bias", pool_bias.detach().clone().view(1, -1, 1, 1))
         w = torch.cat([t.detach() for t in weights], 0)
-        self.conv = nn.Conv2d(w.shape[1], w.shape[0], kernel_size=1, bias=True).requires_grad_(False)
+        # skip_init: the weights are copied in below, and building an engine draws nothing from torch's RNG
+        self.conv = nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], kernel_size=1, bias=True,
+                                       device=w.device).requires_grad_(False)
         self.conv.weight.copy_(w)
         self.conv.bias.copy_(torch.cat([t.detach() for t in biases], 0))
         self.relu = relu
@@ -112,9 +115,10 @@ class PooledConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, count_include_pad: bool) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False).requires_grad_(False)
+        self.conv = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, 1, bias=False,
+                                       device=conv.weight.device).requires_grad_(False)
         self.conv.weight.copy_(conv.weight.detach())
-        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
         self.register_buffer("bias", bias.detach().clone().view(1, -1, 1, 1))
         self.count_include_pad = count_include_pad
 
