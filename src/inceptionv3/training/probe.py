@@ -66,10 +66,7 @@ def backbone_features(net: nn.Module, dataset: Dataset, cfg: TrainConfig, device
     """Every image's pooled features (N x num_features, fp32 on the CPU) through the frozen backbone as
     the engine runs it in fp32 (batch norm folded: the eval-mode network within float rounding). Under
     torchrun each rank computes its block of the images (`shard_range`) and all ranks get the whole set."""
-    # Building the engine creates modules, whose initialisation draws from torch's RNG: drawn here, it would
-    # change the dropout masks of the head's training.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        engine = build_engine(net, output="pool", precision="fp32", backend="torch", device=device)
+    engine = build_engine(net, output="pool", precision="fp32", backend="torch", device=device)
     mine = list(dist_mod.shard_range(len(dataset), env))
     # Its own generator: a loader without one draws its seed from the global RNG, which the dropout masks
     # of the head's training then would not get.
