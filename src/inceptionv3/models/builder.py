@@ -1,26 +1,23 @@
 """Networks by name: ``ARCHS``, ``build_model`` (from the constructor arguments saved in
-``model.config``), ``FID_GRAPH`` (the configuration of the network FID is defined on) and
-``min_input_size``."""
+``model.config``), ``FID_GRAPH`` (the configuration of the network FID is defined on, from ``configs``)
+and ``min_input_size``."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
 from .base import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE
+from .configs import FID_GRAPH
 from .inception import inception_v3
 from .mini import MINI_MIN_INPUT_SIZE, InceptionMini, inception_mini
+
+__all__ = ["ARCHS", "FID_GRAPH", "build_model", "min_input_size"]
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "inception_v3": inception_v3,
     "inception_mini": inception_mini,
 }
-
-# The TF "2015-12-05" graph that FID, KID and the Inception Score are defined on (pytorch-fid's port):
-# 1008 classes, no aux head, TF's padding-excluded average pools, a max-pool in Mixed_7c's pool branch.
-FID_GRAPH: dict[str, Any] = {"num_classes": 1008, "aux_logits": False, "count_include_pad": False,
-                             "last_pool": "max"}
 
 
 def build_model(arch: str, **config) -> nn.Module:

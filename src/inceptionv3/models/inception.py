@@ -348,7 +348,8 @@ class InceptionV3(Classifier):
         """(logits, aux_logits); aux_logits is None when the model has no aux head."""
         if self.AuxLogits is None:
             return self.forward(x), None
-        check_input_size(x, AUX_MIN_INPUT_SIZE, "the aux head (build with aux_logits=False for smaller inputs)")
+        check_input_size(x, AUX_MIN_INPUT_SIZE,
+                         "the aux head (build with aux_logits=False for smaller inputs)")
         x = self._stem_to_6e(x)
         aux = self.AuxLogits(x)
         return self.forward_head(self._7a_to_7c(x)), aux

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from ..models.builder import FID_GRAPH
+from ..models.configs import FID_GRAPH
 from .errors import WeightsError
 from .preprocess import Preprocess
 
@@ -106,7 +106,7 @@ _ENTRIES = (
         categories_file=None,
         # The FID metric modes (metrics.preprocess) squash to 299x299 without a crop; this is the closest
         # classification preset: inputs in [-1, 1] at 299 px.
-        preprocess=Preprocess(input_size=299, resize_size=299, interpolation="bilinear", mean=_HALF, std=_HALF),
+        preprocess=dataclasses.replace(TF_PREPROCESS, resize_size=299),
         model_config={k: v for k, v in FID_GRAPH.items() if k != "num_classes"},
         source="pytorch-fid (TF inception-2015-12-05, the FID network)",
         license="Apache-2.0 (pytorch-fid; weights ported from TensorFlow)",
