@@ -50,7 +50,7 @@ class _ToTensor:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        hwc = torch.from_numpy(np.array(img)).view(img.height, img.width, -1)   # uint8 H x W x C, a copy of the pixels
+        hwc = torch.from_numpy(np.array(img)).view(img.height, img.width, -1)   # uint8 H x W x C (a copy)
         x = hwc.permute(2, 0, 1)                                  # C x H x W view
         out = torch.empty(x.shape, dtype=torch.float32)           # contiguous C x H x W
         return torch.addcmul(self._offset, x, self._scale, out=out)
@@ -141,8 +141,9 @@ class _MultiCrop:
         return torch.stack([self.to_tensor(v) for v in views])
 
 
-def multi_crop_transform(pre: Preprocess, crops: int, in_chans: int = 3) -> Callable[[Image.Image], torch.Tensor]:
-    """`eval_transform` for crops == 1; else a picklable transform giving crops x C x S x S (see MULTI_CROPS)."""
+def multi_crop_transform(pre: Preprocess, crops: int,
+                         in_chans: int = 3) -> Callable[[Image.Image], torch.Tensor]:
+    """`eval_transform` for crops == 1; else a picklable transform giving crops x C x S x S (MULTI_CROPS)."""
     if crops == 1:
         return eval_transform(pre, in_chans)
     return _MultiCrop(pre, crops, _ToTensor(*_channel_stats(pre, in_chans)))

@@ -20,7 +20,7 @@ from ..registry import REGISTRY, TIMM_PREPROCESS
 
 
 def torch_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, model config) of a torchvision, timm or pytorch-fid (``source`` "fid") InceptionV3 file."""
+    """(state dict, model config) of a torchvision, timm or pytorch-fid (``source`` "fid") file."""
     label = str(path)
     sd, _ = read_state_dict(path)   # refuses pickled code, NaN/Inf, truncated files
     arch, config = infer_config(sd, label)
@@ -29,8 +29,8 @@ def torch_state_dict(path: Path, source: str) -> tuple[dict[str, torch.Tensor], 
                            f"InceptionV3 weights")
     if source == "fid":
         if config["num_classes"] != FID_GRAPH["num_classes"] or config["aux_logits"]:
-            raise WeightsError(f"{label}: pytorch-fid's FID network has {FID_GRAPH['num_classes']} classes and "
-                               f"no aux head; this file has {config['num_classes']} classes"
+            raise WeightsError(f"{label}: pytorch-fid's FID network has {FID_GRAPH['num_classes']} classes "
+                               f"and no aux head; this file has {config['num_classes']} classes"
                                f"{' and an aux head' if config['aux_logits'] else ''}. "
                                f"Use --from torchvision")
         config.update(FID_GRAPH)
