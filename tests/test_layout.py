@@ -68,6 +68,13 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _deferred(node: ast.AST) -> bool:
+    """Whether the imports inside ``node`` wait for a call (a function) or never run (TYPE_CHECKING)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        return True
+    return isinstance(node, ast.If) and _is_type_checking(node)
+
+
 def _imports(name: str) -> list[Import]:
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"), filename=str(MODULES[name]))
     found: list[Import] = []
@@ -79,7 +86,7 @@ def _imports(name: str) -> list[Import]:
             elif isinstance(child, ast.ImportFrom):
                 found.append(Import(name, child.lineno, _resolve(name, child),
                                     tuple(a.name for a in child.names), module_level))
-            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) or isinstance(child, ast.If) and _is_type_checking(child):
+            elif _deferred(child):
                 visit(child, False)
             else:
                 visit(child, module_level)

@@ -133,3 +133,17 @@ def test_predict_does_not_import_torchvision(tmp_path: Path):
         print(json.dumps({"exit": code, "rows": rows, "torchvision": "torchvision" in sys.modules}))
         """), str(image), str(weights))
     assert report == {"exit": 0, "rows": 1, "torchvision": False}
+
+
+def test_weights_list_loads_no_torch():
+    # The registry is data: listing it needs neither torch nor a network.
+    report = _python(textwrap.dedent("""
+        import contextlib, io, json, sys
+        from inceptionv3.cli.main import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["weights", "list"])
+        print(json.dumps({"exit": code, "fid": "fid" in out.getvalue().split(),
+                          "torch": "torch" in sys.modules}))
+        """))
+    assert report == {"exit": 0, "fid": True, "torch": False}
