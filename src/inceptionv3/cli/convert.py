@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..weights.convert import SOURCES  # torch-free; the converters load torch when they run
 from .common import EXIT_OK
 
 NAME = "convert"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..weights.convert import SOURCES
-
     p = sub.add_parser(NAME, help="convert Keras / TF-slim / torchvision / timm / pytorch-fid files",
                        description="Convert a weights file from another framework into a self-describing "
                                    ".safetensors file, checking every tensor's shape.")

@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported when the command runs: every command's --help imports this module.
     from ..weights.registry import REGISTRY, get_entry
     if args.action == "download":
         from ..weights.hub import fetch

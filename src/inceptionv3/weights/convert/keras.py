@@ -24,7 +24,7 @@ from ..io import check_finite
 
 # Keras 3 .weights.h5 files name layers by class and position in ``model.layers`` (the Functional graph's
 # topological order: conv2d, conv2d_1, ...), not by layer name. Entry k is the creation index of the
-# k-th Conv2D (and BatchNormalization) in that order for keras.applications.InceptionV3, measured with
+# k-th Conv2D (and BatchNormalization) in that order for keras.applications.InceptionV3, as read from
 # Keras 3.15; the Keras-3 parity test in tests/test_convert.py checks it.
 KERAS3_CREATION_INDEX = (
     0, 1, 2, 3, 4, 8, 6, 9, 5, 7, 10, 11, 15, 13, 16, 12, 14, 17, 18, 22, 20, 23, 19, 21, 24, 25, 27, 28,
