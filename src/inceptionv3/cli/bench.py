@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..bench import COMPARE
 from .common import EXIT_OK, config_from, csv_of
 
 NAME = "bench"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..bench import COMPARE
-
     p = sub.add_parser(NAME, help="inference speed next to torchvision, ONNX Runtime and OpenVINO",
                        description="Time our inference engines and the comparisons in one process, in "
                                    "alternation: img/s, ms per batch, p50/p99, GFLOP/s and % of a matmul "

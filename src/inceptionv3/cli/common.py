@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 
 from ..engine.options import (
@@ -148,7 +150,6 @@ def metric_kwargs(args: argparse.Namespace) -> dict:
 
 def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:
     """``fn(*a, **kw)`` with the MetricWarnings it raised gathered into its result's "warnings" list."""
-    import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fn(*a, **kw)
@@ -159,7 +160,6 @@ def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:
 
 def report_metric(args: argparse.Namespace, result: dict, line: str) -> int:
     """The warnings once each, then the result as one line or as JSON."""
-    import json
     for w in result.get("warnings", []):
         print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.format == "json" else line)

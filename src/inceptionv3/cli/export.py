@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.options import EXPORT_FORMATS
 from .common import EXIT_OK
 
 NAME = "export"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..engine.options import EXPORT_FORMATS
-
     p = sub.add_parser(NAME, help="export to ONNX, TorchScript or torch.export (.pt2)",
                        description="Export a model for another runtime; the batch axis is dynamic and the "
                                    "preprocessing and class names travel in the file's metadata.")

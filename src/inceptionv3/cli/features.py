@@ -6,6 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..models.taps import TAPS
 from ..tasks.formats import FEATURE_FORMATS
 from .common import EXIT_OK, EXIT_SOME_FAILED, CommandError, add_inference_args, engine_options
 
@@ -13,8 +14,6 @@ NAME = "features"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..models.taps import TAPS
-
     p = sub.add_parser(NAME, help="extract image features to a file",
                        description="Write an N x D float32 feature matrix and the ordered image paths "
                                    "to .npy (paths in FILE.paths.txt), .npz or .safetensors.")

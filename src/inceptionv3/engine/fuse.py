@@ -28,6 +28,17 @@ from ..models.inception import (
 from ..models.mini import InceptionModule
 
 
+def _frozen_conv(shell: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+    """``shell`` (a conv built on the meta device) holding copies of ``weight`` and ``bias``, frozen.
+
+    Built on the meta device, the conv initialises nothing: building an engine draws nothing from torch's
+    RNG, and allocates each weight once, on the device of ``weight``.
+    """
+    shell.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    shell.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+    return shell
+
+
 class _Siblings(nn.Module):
     """Several 1x1 convs on the same input as one conv; returns the branch outputs, split.
 
@@ -50,11 +61,8 @@ class _Siblings(nn.Module):
             pool_bias = pool_conv.bias if pool_conv.bias is not None else torch.zeros(self.pooled, device=dev)
             self.register_buffer("pool_bias", pool_bias.detach().clone().view(1, -1, 1, 1))
         w = torch.cat([t.detach() for t in weights], 0)
-        # skip_init: the weights are copied in below, and building an engine draws nothing from torch's RNG
-        self.conv = nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], kernel_size=1, bias=True,
-                                       device=w.device).requires_grad_(False)
-        self.conv.weight.copy_(w)
-        self.conv.bias.copy_(torch.cat([t.detach() for t in biases], 0))
+        self.conv = _frozen_conv(nn.Conv2d(w.shape[1], w.shape[0], 1, device="meta"), w,
+                                 torch.cat([t.detach() for t in biases], 0))
         self.relu = relu
         self.count_include_pad = count_include_pad
 
@@ -115,9 +123,8 @@ class PooledConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, count_include_pad: bool) -> None:
         super().__init__()
-        self.conv = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, 1, bias=False,
-                                       device=conv.weight.device).requires_grad_(False)
-        self.conv.weight.copy_(conv.weight.detach())
+        self.conv = _frozen_conv(nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False, device="meta"),
+                                 conv.weight, None)
         bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
         self.register_buffer("bias", bias.detach().clone().view(1, -1, 1, 1))
         self.count_include_pad = count_include_pad
@@ -212,9 +219,9 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, BasicConv2d) and isinstance(m.bn, nn.BatchNorm2d):
             bn, conv = m.bn, m.conv
-            fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                       conv.stride, conv.padding, bias=True, device=conv.weight.device)
-            fused.weight, fused.bias = fuse_conv_bn_weights(
-                conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-            m.conv, m.bn = fused.requires_grad_(False), nn.Identity()
+            weight, bias = fuse_conv_bn_weights(conv.weight, None, bn.running_mean, bn.running_var, bn.eps,
+                                                bn.weight, bn.bias)
+            shell = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              device="meta")
+            m.conv, m.bn = _frozen_conv(shell, weight, bias), nn.Identity()
     return model

@@ -48,7 +48,7 @@ def load_metric_model(weights: str | PathLike | nn.Module = "fid") -> nn.Module:
     if not (meta.get("arch") is None and fc is not None and fc.shape[0] == FID_GRAPH["num_classes"]
             and not any(k.startswith("AuxLogits.") for k in sd)):
         return load_model(weights)
-    # Built here from the one read (reading the file twice costs seconds on a busy machine).
+    # Built here from the one read: the file is large, and load_model would read it again.
     log.debug("%s: a bare %d-class state dict; building the FID graph", weights, fc.shape[0])
     model = build_model("inception_v3", init_weights=False, **FID_GRAPH)
     apply_state_dict(model, sd, str(weights), strict=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 from torch import nn
 
 from ..data.paths import expand_paths
@@ -232,7 +233,6 @@ def save_features(result: Features, out: str | os.PathLike) -> Path:
                      failed_reasons=np.array([r for _, r in result.failures], dtype=str),
                      layer=np.array(result.layer))
         else:
-            from safetensors.numpy import save_file
             save_file({"features": np.ascontiguousarray(result.features)}, str(tmp), metadata={
                 "paths": json.dumps(result.paths), "layer": result.layer,
                 "failures": json.dumps(result.failures)})
