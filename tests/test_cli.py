@@ -40,7 +40,7 @@ def _good_images(folder: Path) -> list[Path]:
         arr = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
         img = Image.fromarray(arr).convert(mode if mode != "I;16" else "L")
         if mode == "I;16":
-            img = Image.fromarray((np.asarray(img).astype(np.uint16) * 257))
+            img = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
         p = folder / f"good_{i}_{mode.replace(';', '')}.{ext}"
         img.save(p)
         paths.append(p)
@@ -108,8 +108,8 @@ def test_predict_table_csv_strict_and_workers(tmp_path, model_file, capsys):
     good = _good_images(tmp_path / "imgs")[:3]
     code, out, _ = run_cli(capsys, "predict", *map(str, good), "--weights", str(model_file), "--workers", "1")
     assert code == 0 and out.count("%") == 3 * 3
-    code, out, _ = run_cli(capsys, "predict", *map(str, good), "--weights", str(model_file), "--format", "csv",
-                           "--top-k", "1", "--workers", "0")
+    code, out, _ = run_cli(capsys, "predict", *map(str, good), "--weights", str(model_file),
+                           "--format", "csv", "--top-k", "1", "--workers", "0")
     assert code == 0 and out.splitlines()[0].startswith("path,rank,index,label")
     assert len(out.splitlines()) == 4
     bad = _bad_images(tmp_path / "bad")["empty"]
@@ -122,8 +122,8 @@ def test_features_all_formats(tmp_path, model_file, capsys):
     imgs = tmp_path / "imgs"
     good = _good_images(imgs)[:4]
     bad = _bad_images(imgs)
-    code, out, err = run_cli(capsys, "features", str(imgs / "*.png"), "--weights", str(model_file),
-                             "--out", str(tmp_path / "f.npz"), "--workers", "0")
+    code, _, err = run_cli(capsys, "features", str(imgs / "*.png"), "--weights", str(model_file),
+                           "--out", str(tmp_path / "f.npz"), "--workers", "0")
     assert code == 1 and "bad_text.png" in err and "bad_truncated.png" in err
     z = np.load(tmp_path / "f.npz")
     pngs = sorted(p for p in imgs.glob("*.png") if p not in (bad["text"], bad["truncated"]))
@@ -152,7 +152,8 @@ def test_features_all_formats(tmp_path, model_file, capsys):
     from inceptionv3.weights.load import load_weights
     load_weights(m, model_file)
     with torch.no_grad():
-        np.testing.assert_allclose(m.fc(torch.from_numpy(res.features)).numpy(), res_logits.features, atol=1e-5)
+        np.testing.assert_allclose(m.fc(torch.from_numpy(res.features)).numpy(), res_logits.features,
+                                   atol=1e-5)
 
 
 def test_usage_errors(tmp_path, model_file, capsys):
@@ -164,7 +165,8 @@ def test_usage_errors(tmp_path, model_file, capsys):
     img = _good_images(tmp_path / "i")[0]
     code, _, err = run_cli(capsys, "predict", str(img), "--weights", str(tmp_path / "missing.safetensors"))
     assert code == 2 and "missing.safetensors" in err
-    code, _, err = run_cli(capsys, "features", str(img), "--weights", str(model_file), "--out", str(tmp_path / "x.csv"))
+    code, _, err = run_cli(capsys, "features", str(img), "--weights", str(model_file),
+                           "--out", str(tmp_path / "x.csv"))
     assert code == 2 and ".npz" in err
     with pytest.raises(SystemExit) as e:
         main(["features", str(img), "--out", "x.npy", "--layer", "Mixed_9z"])
@@ -185,7 +187,7 @@ def test_info(capsys):
 def test_entry_points_help():
     for cmd in ([sys.executable, "-m", "inceptionv3", "--help"],
                 [str(Path(sys.executable).parent / "inceptionv3"), "predict", "--help"]):
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         assert res.returncode == 0, res.stderr
         assert "usage: inceptionv3" in res.stdout
 
@@ -210,8 +212,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
                            str(run / "best.safetensors"), "--format", "json", "--workers", "0")
     assert code == 0 and [r["path"] for r in json.loads(out)] == [str(p) for p in pngs]
     assert all(r["predictions"][0]["label"] in "0123456789" for r in json.loads(out))
-    code, *_ = run_cli(capsys, "features", str(tmp_path / "digits"), "--weights", str(run / "best.safetensors"),
-                       "--out", str(tmp_path / "f.npz"), "--workers", "0")
+    code, *_ = run_cli(capsys, "features", str(tmp_path / "digits"),
+                       "--weights", str(run / "best.safetensors"), "--out", str(tmp_path / "f.npz"),
+                       "--workers", "0")
     assert code == 0 and np.load(tmp_path / "f.npz")["features"].shape == (4, 288)
 
 

@@ -6,6 +6,7 @@ import http.server
 import os
 import shutil
 import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -205,10 +206,10 @@ def test_bad_inputs_have_one_clear_message(tmp_path, capsys):
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    hits: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}   # what the server serves, by path; reset by the fixture
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self):   # noqa: N802 (http.server's name)
+    def do_GET(self):
         self.hits.append(self.path)
         body = self.files.get(self.path)
         if body is None:
@@ -257,7 +258,8 @@ def test_trust_on_first_use_pins_the_first_download(loopback, tmp_path, monkeypa
     assert capsys.readouterr().out.strip() == str(cached)
     assert hub._pinned(entry) == hub.sha256_file(src)
 
-    model = weights_load.load_model(entry.name, progress=False)   # pinned: no consent needed again, no new download
+    # pinned: no consent needed again, no new download
+    model = weights_load.load_model(entry.name, progress=False)
     assert model.num_classes == 4 and len(files.hits) == 1
     # The publisher's file changes: the cached copy is damaged, the new download fails the pinned hash.
     files.files["/timm/tiny/resolve/main/model.safetensors"] = b"x" * 100

@@ -113,7 +113,7 @@ def test_digits_split_sizes_stratified_deterministic():
     from sklearn.datasets import load_digits
 
     assert (DIGITS_VAL_FRACTION, DIGITS_SEED) == (0.25, 0)
-    train_x, train_y = digits_split("train")
+    train_x, _ = digits_split("train")
     val_x, val_y = digits_split("val")
     assert (len(train_x), len(val_x)) == (1347, 450)
     assert all(im.mode == "L" and im.size == (8, 8) for im in train_x[:5] + val_x[:5])
@@ -135,7 +135,7 @@ def test_digits_disjoint_and_complete():
     from sklearn.datasets import load_digits
 
     images = load_digits().images
-    key = lambda a: np.round(a * 255 / 16).astype(np.uint8).tobytes()  # noqa: E731
+    key = lambda a: np.round(a * 255 / 16).astype(np.uint8).tobytes()
     all_keys = Counter(key(a) for a in images)
     split_keys = Counter(np.asarray(im).tobytes() for s in ("train", "val") for im in digits_split(s)[0])
     assert split_keys == all_keys
@@ -251,7 +251,7 @@ def test_labeled_loader_seeded_shuffle_and_drop_last():
         return [y.tolist() for _, y, _ in loader]
 
     first = order(0)
-    assert first == order(0) and sorted(sum(first, [])) == list(range(10))
+    assert first == order(0) and sorted(y for batch in first for y in batch) == list(range(10))
     assert first != order(1)
     assert order(0, workers=1) == first
     kept = labeled_loader(ds, batch_size=4, shuffle=False, workers=0, drop_last=True)
@@ -278,7 +278,7 @@ def test_csv_and_jsonl_lists(tmp_path):
     rows = _list_images(tmp_path)
     (tmp_path / "all.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
     (tmp_path / "all.jsonl").write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in rows))
-    to_t = lambda im: torch.zeros(1)  # noqa: E731
+    to_t = lambda im: torch.zeros(1)
     for name in ("all.csv", "all.jsonl"):
         tr = load_labeled(str(tmp_path / name), "train", to_t, val_fraction=0.34, seed=0)
         va = load_labeled(str(tmp_path / name), "val", to_t, val_fraction=0.34, seed=0)
@@ -299,7 +299,7 @@ def test_csv_and_jsonl_lists(tmp_path):
 
 def test_bad_lists_name_the_line(tmp_path):
     from inceptionv3.data.datasets import load_labeled
-    to_t = lambda im: torch.zeros(1)  # noqa: E731
+    to_t = lambda im: torch.zeros(1)
     bad = tmp_path / "bad.csv"
     bad.write_text("a.png,1\nonly-a-path\n")
     with pytest.raises(ValueError, match=r"bad.csv, line 2: expected 'path,label'"):

@@ -37,7 +37,7 @@ def test_state_dict_keys_match_torchvision(tv_pair):
 
 
 def test_parameter_counts():
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(inception.inception_v3(aux_logits=False)) == 23_834_568
     assert count(inception.inception_v3(aux_logits=True)) == 27_161_264
     assert count(mini.inception_mini()) == 925_912
@@ -159,7 +159,8 @@ def test_init_is_truncated_normal():
 
 def test_variants_are_parameters():
     std = inception.inception_v3(num_classes=10, aux_logits=False).eval()
-    tf = inception.inception_v3(num_classes=10, aux_logits=False, count_include_pad=False, last_pool="max").eval()
+    tf = inception.inception_v3(num_classes=10, aux_logits=False, count_include_pad=False,
+                                last_pool="max").eval()
     tf.load_state_dict(std.state_dict())
     assert tf.Mixed_5b.count_include_pad is False and tf.Mixed_7c.max_pool is True
     assert tf.Mixed_7b.max_pool is False
@@ -203,7 +204,7 @@ def test_seed_copy_matches_document():
     doc = SEED_DOC.read_text()
     copy = (Path(__file__).parent / "seed_printed.py").read_text()
     code = "\n".join(line for line in copy.splitlines() if not line.startswith("# "))
-    squash = lambda s: re.sub(r"\s+", " ", s).strip()  # noqa: E731
+    squash = lambda s: re.sub(r"\s+", " ", s).strip()
     assert squash(code) in squash(doc)
 
 

@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 import threading
+from typing import ClassVar
 
 import pytest
 import torch
@@ -103,11 +104,11 @@ def test_cache_dir_follows_env(tmp_path, monkeypatch):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    hits: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}   # what the server serves, by path; reset by the fixture
+    hits: ClassVar[list[str]] = []
     release = threading.Event()
 
-    def do_GET(self):   # noqa: N802 (http.server's name)
+    def do_GET(self):
         self.hits.append(self.path)
         if self.path.startswith("/slow/"):
             self.release.wait(5)   # never answers within the client's timeout
@@ -206,14 +207,14 @@ def _serve_entry(server, tmp_path, model, **entry_kw) -> WeightsEntry:
     path = tmp_path / "served.pth"
     torch.save(model.state_dict(), path)
     h.files["/tiny-1234abcd.pth"] = data = path.read_bytes()
-    kw = dict(name="tiny", url=f"{url}/tiny-1234abcd.pth", sha256=_sha(data), arch=model.arch,
-              num_classes=model.num_classes, categories_file=None, model_config={},
-              preprocess=Preprocess(input_size=75, resize_size=86))
+    kw = {"name": "tiny", "url": f"{url}/tiny-1234abcd.pth", "sha256": _sha(data), "arch": model.arch,
+          "num_classes": model.num_classes, "categories_file": None, "model_config": {},
+          "preprocess": Preprocess(input_size=75, resize_size=86)}
     return WeightsEntry(**{**kw, **entry_kw})
 
 
 def test_fetch_caches_and_refetches_corrupt(server, tmp_path, caplog):
-    url, h = server
+    _, h = server
     entry = _serve_entry(server, tmp_path, _mini())
     cached = hub.cache_dir() / "weights" / entry.file_name
     assert hub.fetch(entry, progress=False) == cached and len(h.hits) == 1
@@ -390,8 +391,8 @@ def test_save_model_refuses_bad_input(tmp_path):
 def test_train_checkpoint_meta(tmp_path):
     src = _mini(num_classes=3, dropout=0.1)
     pre = Preprocess(input_size=64, resize_size=72)
-    meta = {"format": weights_io.FORMAT, "arch": "inception_mini", "model_config": src.config, "num_classes": 3,
-            "class_names": ["a", "b", "c"], "preprocess": pre.to_dict()}
+    meta = {"format": weights_io.FORMAT, "arch": "inception_mini", "model_config": src.config,
+            "num_classes": 3, "class_names": ["a", "b", "c"], "preprocess": pre.to_dict()}
     torch.save({"model": src.state_dict(), "meta": meta, "epoch": 1}, tmp_path / "last.pt")
     model = weights_load.load_model(tmp_path / "last.pt")
     assert model.arch == "inception_mini" and model.config == src.config
@@ -405,7 +406,8 @@ def test_torchvision_state_dict_infers_config(tmp_path, caplog):
         model = weights_load.load_model(tmp_path / "tv.pth")
     assert "guessing" in caplog.text   # bare state dict: preprocessing is a logged guess
     assert model.arch == "inception_v3" and model.num_classes == 17 and model.AuxLogits is not None
-    assert model.meta.preprocess == registry.REGISTRY["imagenet"].preprocess and model.meta.class_names is None
+    assert model.meta.preprocess == registry.REGISTRY["imagenet"].preprocess
+    assert model.meta.class_names is None
     assert model.state_dict().keys() == tv.state_dict().keys()
     x = torch.randn(1, 3, 75, 75)
     with torch.no_grad():

@@ -9,8 +9,8 @@ and checkpoints written by real TensorFlow.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def _tensor_proto(array: np.ndarray) -> bytes:
     raise TypeError(f"no V1 encoding for {array.dtype} in this test writer")
 
 
-def write_v1(path: Path, tensors: dict[str, np.ndarray], split: Optional[set[str]] = None) -> Path:
+def write_v1(path: Path, tensors: dict[str, np.ndarray], split: set[str] | None = None) -> Path:
     """A single-file V1 checkpoint (TensorSliceWriter's layout); tensors named in ``split`` are stored as
     two slices along their first axis, as partitioned variables are."""
     metas, items = [], []
