@@ -67,7 +67,7 @@ class FeatureNet:
     """
 
     def __init__(self, weights: str | PathLike | nn.Module = "fid", mode: str = "pytorch-fid",
-                 dims: int = 2048, device: str | None = None, options: EngineOptions | None = None) -> None:
+                 dims: int = 2048, device: str | None = None, *, options: EngineOptions | None = None) -> None:
         check_mode(mode)
         if dims not in DIMS:
             raise ValueError(f"dims must be one of {sorted(DIMS)} (pytorch-fid's taps), got {dims}")
