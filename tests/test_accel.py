@@ -36,6 +36,10 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
+def _n_convs(model: torch.nn.Module) -> int:
+    return sum(isinstance(c, torch.nn.Conv2d) for c in model.modules())
+
+
 def _pool(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
@@ -54,8 +58,7 @@ def test_fused_graph_equals_model(arch, config, size):
         assert _rel(fused(x), model(x)) < 1e-4
         assert _rel(_pool(fused, x), _pool(model, x)) < 1e-4
     # fewer convs: every Mixed block's sibling 1x1 convs became one
-    n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
-    assert n_convs(fused) < n_convs(model)
+    assert _n_convs(fused) < _n_convs(model)
     assert not any(isinstance(c, torch.nn.BatchNorm2d) for c in fused.modules())
     # the caller's model is untouched
     after = model.state_dict()
@@ -71,8 +74,7 @@ def test_pools_after_convs_equal_model(config):
     # 3 A + 4 C + 2 E blocks; the FID graph's last E block max-pools, which does not commute with a conv
     assert len(pooled) == (8 if config else 9)
     assert all(p.conv.out_channels < p.conv.in_channels for p in pooled)   # pooling the narrow side
-    n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
-    assert n_convs(fused) == n_convs(model)
+    assert _n_convs(fused) == _n_convs(model)
     x = torch.randn(2, 3, 107, 107)
     with torch.no_grad():
         assert _rel(fused(x), model(x)) < 1e-4
