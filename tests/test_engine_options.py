@@ -94,6 +94,23 @@ def test_cli_flags_reach_the_engine(job, built, tmp_path, capsys):
     assert (e_out, e_opts.batch_size, e_opts.progress) == ("logits", 2, False)
 
 
+def test_metric_flags_reach_the_feature_net(built, tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = tmp_path / "fid.pth"     # a bare FID-graph state dict, as pytorch-fid's file is
+    torch.save(build_model("inception_v3", init_weights=False, **FID_GRAPH).state_dict(), weights)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    assert main(["stats", str(folder), "--weights", str(weights), "--dims", "64", "--batch-size", "2",
+                 "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    assert "3 images" in capsys.readouterr().out
+    [(output, options)] = built
+    assert (output, options.batch_size, options.device, options.backend, options.precision) == \
+        ("maxpool1", 2, "cpu", "torch", "fp32")
+
+
 def test_keywords_and_options_together(job, built):
     from inceptionv3.tasks.predict import predict
 
