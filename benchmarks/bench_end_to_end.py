@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_fid import _PYTORCH_FID, random_fid_state_dict, write_images
+from bench_fid import PYTORCH_FID_CLI, random_fid_state_dict, write_images
 
 from inceptionv3.bench import harness
 from inceptionv3.data.loaders import default_workers
@@ -107,7 +107,7 @@ def ours(args, folder: Path, files: list[Path], model_file: Path, out_dir: Path)
 
 
 def pytorch_fid(args, files: list[Path]) -> dict:
-    import pytorch_fid.inception as inception
+    from pytorch_fid import inception
     from pytorch_fid.fid_score import get_activations
 
     state = random_fid_state_dict()
@@ -134,7 +134,7 @@ def cli_walls(args, folder: Path, model_file: Path, tmp: Path) -> dict:
         "inceptionv3 features": [sys.executable, "-m", "inceptionv3", "features", str(folder), "--weights",
                                  str(model_file), "--out", str(tmp / "cli.npz"), "--device", "cpu",
                                  "--batch-size", str(args.batch_size), "--no-progress"],
-        "pytorch-fid --save-stats": [sys.executable, "-c", _PYTORCH_FID, str(fid_weights), "--save-stats",
+        "pytorch-fid --save-stats": [sys.executable, "-c", PYTORCH_FID_CLI, str(fid_weights), "--save-stats",
                                      str(folder), str(tmp / "fid_stats.npz"), "--device", "cpu"],
     }
     out = {}

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 # pytorch-fid as its own CLI runs it, with its weights download pointed at a local state dict.
-_PYTORCH_FID = """
+PYTORCH_FID_CLI = """
 import sys, torch
 import pytorch_fid.inception as inception
 weights = sys.argv[1]
@@ -99,7 +99,7 @@ def main() -> None:
         ours_cmd = [sys.executable, "-m", "inceptionv3", "fid", str(a), str(b), "--weights", weights,
                     "--dims", str(args.dims), "--batch-size", str(args.batch_size), "--device", "cpu",
                     "--format", "json", "--no-progress"]
-        theirs_cmd = [sys.executable, "-c", _PYTORCH_FID, weights, str(a), str(b), "--device", "cpu",
+        theirs_cmd = [sys.executable, "-c", PYTORCH_FID_CLI, weights, str(a), str(b), "--device", "cpu",
                       "--dims", str(args.dims), "--batch-size", str(args.batch_size)]
         ours_s, ours_out = timed(ours_cmd, env)
         theirs_s, theirs_out = timed(theirs_cmd, env)

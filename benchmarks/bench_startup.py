@@ -100,7 +100,7 @@ def _fid_value(out: str, pattern: str) -> float:
 def whole(args: argparse.Namespace) -> dict:
     """Both tools as fresh processes on the same files and weights, alternating which goes first."""
     import torch
-    from bench_fid import _PYTORCH_FID, random_fid_state_dict, timed, write_images
+    from bench_fid import PYTORCH_FID_CLI, random_fid_state_dict, timed, write_images
 
     iv3 = inceptionv3_command()
     env = dict(os.environ)
@@ -118,7 +118,7 @@ def whole(args: argparse.Namespace) -> dict:
                     "--device", "cpu", "--no-progress"]
 
         def features_theirs(i: int) -> list[str]:
-            return [sys.executable, "-c", _PYTORCH_FID, weights, "--save-stats", str(jpegs),
+            return [sys.executable, "-c", PYTORCH_FID_CLI, weights, "--save-stats", str(jpegs),
                     str(tmp / f"theirs_{i}.npz"), "--device", "cpu"]
 
         def fid_ours(i: int) -> list[str]:
@@ -126,7 +126,7 @@ def whole(args: argparse.Namespace) -> dict:
                     "--no-progress"]
 
         def fid_theirs(i: int) -> list[str]:
-            return [sys.executable, "-c", _PYTORCH_FID, weights, str(a), str(b), "--device", "cpu"]
+            return [sys.executable, "-c", PYTORCH_FID_CLI, weights, str(a), str(b), "--device", "cpu"]
 
         pairs = {"features": (features_ours, features_theirs), "fid": (fid_ours, fid_theirs)}
         times = {task: {"inceptionv3": [], "pytorch-fid": []} for task in pairs}

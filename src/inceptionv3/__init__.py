@@ -22,7 +22,7 @@ _API = {
     "load_model": "weights.load", "load_weights": "weights.load", "save_model": "weights.io",
     "Preprocess": "weights.preprocess", "load_image": "data.decode",
     "predict": "tasks.predict", "extract_features": "tasks.features", "save_features": "tasks.features",
-    "evaluate": "tasks.evaluate",
+    "evaluate": "tasks.evaluate", "EngineOptions": "engine.options",
     "TrainConfig": "training.config", "train": "training.run",
     "metrics": "",
 }
@@ -32,6 +32,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _API)
 if TYPE_CHECKING:   # what static tools see; at run time the names above resolve lazily
     from . import metrics
     from .data.decode import load_image
+    from .engine.options import EngineOptions
     from .models.builder import ARCHS, build_model
     from .models.inception import InceptionV3, inception_v3
     from .models.mini import InceptionMini, inception_mini

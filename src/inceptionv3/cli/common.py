@@ -92,7 +92,7 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str
             kind = next(a for a in args if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f.metadata.get("help", "")
+        helptext = f.metadata.get("help", "").replace("%", "%%")   # argparse formats help with %
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                            help=f"{helptext} (default {default})")
