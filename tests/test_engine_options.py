@@ -108,7 +108,7 @@ def test_metric_flags_reach_the_feature_net(built, tmp_path, capsys):
     assert "3 images" in capsys.readouterr().out
     [(output, options)] = built
     assert (output, options.batch_size, options.device, options.backend, options.precision) == \
-        ("maxpool1", 2, "cpu", "torch", "fp32")
+        ("maxpool1", 2, "cpu", "auto", "fp32")
 
 
 def test_keywords_and_options_together(job, built):
@@ -146,7 +146,7 @@ def test_featurenet_runs_through_build_engine(built):
     torch.manual_seed(0)
     model = randomize_bn(build_model("inception_v3", init_weights=False, **FID_GRAPH)).eval()
     net = featurenet.FeatureNet(model, "pytorch-fid", 192, "cpu")
-    assert [(o, opts.backend, opts.precision) for o, opts in built] == [("maxpool2", "torch", "fp32")]
+    assert [(o, opts.backend, opts.precision) for o, opts in built] == [("maxpool2", "auto", "fp32")]
     assert net.engine.backend == "torch" and "fused" in net.engine.describe()
     assert net.meta()["dtype"] == "float32"
     images = torch.randint(0, 256, (2, 3, 64, 80), dtype=torch.uint8)
@@ -197,3 +197,23 @@ def test_imports_go_one_way():
     code = "import sys, inceptionv3.engine.options, inceptionv3.metrics.modes; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_featurenet_fits_its_engine_to_the_job():
+    from inceptionv3.engine.options import AUTO_EXPORT_MIN_IMAGES
+    from inceptionv3.engine.resolve import resolve_backend
+
+    model = build_model("inception_v3", init_weights=False, **FID_GRAPH).eval()
+    net = featurenet.FeatureNet(model, "pytorch-fid", 2048, "cpu")
+    first = net.engine
+    net.plan(AUTO_EXPORT_MIN_IMAGES - 1)                       # a small folder stays on torch
+    assert net.engine is first and first.backend == "torch"
+    net.plan(AUTO_EXPORT_MIN_IMAGES)                           # a large one takes the exported graph, if any
+    want = resolve_backend("auto", "fp32", "cpu", "pool", AUTO_EXPORT_MIN_IMAGES)
+    assert net.engine.backend == want and net.engine.precision == "fp32"
+    assert net._pool_engine is net.engine                      # logits read the same pooled features
+    net.plan(1)                                                # the largest job planned counts
+    assert net.engine.backend == want
+    pinned = featurenet.FeatureNet(model, "pytorch-fid", 2048, "cpu", options=EngineOptions(backend="torch"))
+    pinned.plan(10 * AUTO_EXPORT_MIN_IMAGES)                   # an explicit backend is kept
+    assert pinned.engine.backend == "torch"

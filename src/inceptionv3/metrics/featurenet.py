@@ -17,6 +17,7 @@ from torch import nn
 from .. import __version__
 from ..engine.engine import build_engine
 from ..engine.options import EngineOptions, PathLike, engine_options
+from ..engine.resolve import resolve_backend
 from ..models.builder import FID_GRAPH, build_model
 from ..weights.hub import sha256_file
 from ..weights.io import ModelMeta, read_state_dict, state_dict_digest
@@ -80,15 +81,28 @@ class FeatureNet:
         self.weights_source = str(getattr(meta, "source", None) or type(model).__name__)
         self.weights_sha256 = getattr(meta, "sha256", None) or "state_dict:" + state_dict_digest(model)
         self.num_classes = int(getattr(model, "num_classes", 0))
-        # build_engine works on a copy: the caller's model stays as it was.
-        self.engine = build_engine(model, self.tap, self.options)
+        self._source = model    # build_engine works on a copy: the caller's model stays as it was
+        self._fc_weight = model.fc.weight.detach().to("cpu", torch.float32)
+        self._planned = 0
+        self._build(images=None)
+
+    def _build(self, images: int | None) -> None:
+        self.engine = build_engine(self._source, self.tap, self.options, images=images)
         self.device = self.engine.device
         self.model = self.engine.module
-        self._fc_weight = model.fc.weight.detach().to("cpu", torch.float32)
         # Logits need the pooled features: the tap's engine gives them for 2048 dims; other taps read
         # them from a second engine, built when logits are first asked for.
-        self._source = model if self.tap != "pool" else None
         self._pool_engine = self.engine if self.tap == "pool" else None
+
+    def plan(self, images: int) -> None:
+        """Fit the engine to a job of ``images`` images (the largest job planned counts): with backend
+        "auto", a large job runs on the exported graph (OpenVINO / ONNX Runtime, fp32: features within
+        about 1e-6 of torch's) when that pays for its one-time export; a small one stays on torch."""
+        self._planned = max(self._planned, images)
+        wanted = resolve_backend(self.options.backend, self.engine.precision, self.device, self.tap,
+                                 self._planned)
+        if wanted != self.engine.backend:
+            self._build(self._planned)
 
     def meta(self) -> dict:
         """What statistics made with this net record about it."""

@@ -52,6 +52,12 @@ def _image_paths(source: PathLike | Sequence[PathLike]) -> list[Path]:
     return expand_paths([source] if isinstance(source, (str, os.PathLike)) else list(source))
 
 
+def _plan(net: FeatureNet | None, *sources: Any) -> None:
+    """Size ``net``'s engine for every file the job will read (both sets of a FID, KID or PRD run)."""
+    if net is not None:
+        net.plan(sum(len(_image_paths(s)) for s in sources if _is_path_source(s) and not _is_stats_file(s)))
+
+
 def _is_path_source(source: Any) -> bool:
     if isinstance(source, (str, os.PathLike)):
         return True
@@ -84,6 +90,7 @@ def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, opt
         if distributed:   # this rank's block of the files; the statistics are merged afterwards
             env = dist_mod.current_env()
             paths = [paths[i] for i in dist_mod.shard_range(len(paths), env)]
+        net.plan(len(paths))
         for batch in decoded_batches(paths, ImageTransform(net.mode), options, "RGB", desc=f"{net.mode} features"):
             run.failures += [(str(paths[i]), why) for i, why in batch.failures]
             if batch.indices:
@@ -184,6 +191,7 @@ def fid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mo
     if dims is None:
         dims = given[0].dims if given else 2048
     net = None if len(given) == 2 else FeatureNet(weights, mode, dims, options=options)
+    _plan(net, sa, sb)
     sa = compute_stats(sa, net, options=options)
     sb = compute_stats(sb, net, options=options)
     out_warnings = list(check_compatible(sa, sb, strict))
@@ -205,6 +213,7 @@ def kid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mo
     options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
                            progress=progress)
     net = FeatureNet(weights, mode, dims, options=options)
+    _plan(net, a, b)
     fa = compute_features(a, net)
     fb = compute_features(b, net)
     f1, f2 = fa["features"].to(net.device), fb["features"].to(net.device)
@@ -238,6 +247,7 @@ def precision_recall(generated: Source, real: Source, *, weights: str | PathLike
     options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
                            progress=progress)
     net = FeatureNet(weights, mode, dims, options=options)
+    _plan(net, generated, real)
     fg = compute_features(generated, net)
     fr = compute_features(real, net)
     out = fidmath.precision_recall(fg["features"], fr["features"], k)
