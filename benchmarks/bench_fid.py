@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 # pytorch-fid as its own CLI runs it, with its weights download pointed at a local state dict.
 PYTORCH_FID_CLI = """
@@ -38,21 +37,12 @@ main()
 
 
 def random_fid_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """FID-graph weights with O(1) activations: He-scaled convs, random batch-norm statistics."""
-    from inceptionv3.metrics import FID_NET_CONFIG
-    from inceptionv3.models.inception import InceptionV3
+    """FID-graph weights with O(1) activations: the bench harness's He-scaled convs and random batch norm."""
+    from inceptionv3.bench.harness import random_state
+    from inceptionv3.models.builder import FID_GRAPH, build_model
 
-    model = InceptionV3(num_classes=1008, init_weights=False, **FID_NET_CONFIG)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+    model = build_model("inception_v3", init_weights=False, **FID_GRAPH)
+    random_state(model, seed)
     return model.state_dict()
 
 

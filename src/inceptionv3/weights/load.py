@@ -103,6 +103,18 @@ def _hint(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], 
     return "; ".join(hints)
 
 
+def key_report(headline: str, missing: list[str], unexpected: list[str], misshaped: list[str],
+               unexpected_where: str = "the model") -> list[str]:
+    """The lines of a key-mismatch error: the headline, then each non-empty group with a count and the
+    first few names (``misshaped`` may carry the shapes already)."""
+    lines = [headline]
+    for count, what in ((missing, "missing from the file"), (unexpected, f"not in {unexpected_where}"),
+                        (misshaped, "mis-shaped")):
+        if count:
+            lines.append(f"  {what} ({len(count)}): {first_keys(count)}")
+    return lines
+
+
 def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], label: str, strict: bool,
                       skip_prefixes: tuple[str, ...] = ()) -> None:
     """Copy ``sd`` into ``model`` after checking every key and shape.
@@ -119,15 +131,8 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], label: str, 
         model_sd = {k: v for k, v in model_sd.items() if not k.startswith(skip_prefixes)}
     missing, unexpected, misshaped = _mismatch(sd, model_sd)
     if missing or unexpected or misshaped:
-        lines = [f"{label}: the weights do not fit this {arch} model"]
-        if missing:
-            lines.append(f"  missing from the file ({len(missing)}): {first_keys(missing)}")
-        if unexpected:
-            lines.append(f"  not in the model ({len(unexpected)}): {first_keys(unexpected)}")
-        if misshaped:
-            shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
-                      for k in misshaped]
-            lines.append(f"  mis-shaped ({len(misshaped)}): {first_keys(shapes)}")
+        shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}" for k in misshaped]
+        lines = key_report(f"{label}: the weights do not fit this {arch} model", missing, unexpected, shapes)
         hint = _hint(sd, model_sd, arch, missing, unexpected, misshaped)
         if hint:
             lines.append(f"  hint: {hint}")

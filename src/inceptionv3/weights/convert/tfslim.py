@@ -23,7 +23,7 @@ import torch
 from ...models.inception import inception_v3
 from ..errors import WeightsError
 from ..io import check_finite
-from ..load import first_keys
+from ..load import first_keys, key_report
 from ..registry import REGISTRY
 from .tf_bundle import open_checkpoint
 
@@ -172,13 +172,8 @@ def slim_state_dict(path: str | os.PathLike, keep_background: bool = False, ema:
     unexpected = sorted(n for n in inside - used if not _SLOT.search(n))
     skipped = sorted((inside - used - set(unexpected)) | (names - inside))
     if missing or unexpected or misshaped:
-        lines = [f"{label}: not the TF-slim InceptionV3 this converter maps (nets/inception_v3.py)"]
-        if missing:
-            lines.append(f"  missing from the file ({len(missing)}): {first_keys(missing)}")
-        if unexpected:
-            lines.append(f"  not in the key map ({len(unexpected)}): {first_keys(unexpected)}")
-        if misshaped:
-            lines.append(f"  mis-shaped ({len(misshaped)}): {first_keys(misshaped)}")
+        lines = key_report(f"{label}: not the TF-slim InceptionV3 this converter maps (nets/inception_v3.py)",
+                           missing, unexpected, misshaped, unexpected_where="the key map")
         lines.append("  hint: --from tf-slim expects slim's InceptionV3 with its default depth; a checkpoint "
                      "of another slim network needs that network")
         raise WeightsError("\n".join(lines))
