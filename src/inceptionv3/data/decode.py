@@ -3,6 +3,7 @@ plain, fully loaded 8-bit RGB or L image, or raises an ``ImageError`` with a sho
 PIL traceback); ``PIL_RESAMPLE`` maps the interpolation names of ``Preprocess`` to PIL's filters."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -35,27 +36,31 @@ _BOMB_HINT = (
 )
 
 
-def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+def load_image(path: str | os.PathLike, mode: str = "RGB", data: bytes | None = None) -> Image.Image:
     """Decode one file into a fully loaded 8-bit 'RGB' (or 'L') image.
 
     Applies EXIF orientation, takes the first frame of animations, composites transparency on white,
     scales 16/32-bit images to 8 bits. PIL's decompression-bomb limit stays in force; every failure is
-    an `ImageError(path, reason)`.
+    an `ImageError(path, reason)`. ``data``: the file's bytes already in memory (an upload), decoded
+    with the same checks; ``path`` then only names it.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     p = Path(path)
     try:
-        if p.is_dir():
+        if data is not None:
+            if not data:
+                raise ImageError(p, "empty file (0 bytes)")
+        elif p.is_dir():
             raise ImageError(p, "is a directory, not an image file")
-        if not p.exists():
+        elif not p.exists():
             raise ImageError(p, "no such file")
-        if p.stat().st_size == 0:
+        elif p.stat().st_size == 0:
             raise ImageError(p, "empty file (0 bytes)")
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x MAX_IMAGE_PIXELS; treat that as the limit, too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(p if data is None else io.BytesIO(data)) as im:
                 im.load()  # force full decode now: truncation shows up here, not later in a worker
                 img = _exif_upright(im, p)
                 return _to_mode(img, mode, p)
