@@ -17,7 +17,7 @@ from ..weights.errors import WeightsError
 from .common import EXIT_USAGE, CommandError
 
 # In the order `inceptionv3 --help` lists them.
-COMMANDS = ("predict", "features", "info", "weights", "train", "plot", "evaluate", "fid", "kid",
+COMMANDS = ("predict", "features", "explain", "info", "weights", "train", "plot", "evaluate", "fid", "kid",
             "inception_score", "stats", "export", "convert", "bench")
 
 
