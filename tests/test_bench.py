@@ -68,9 +68,10 @@ def test_bench_writes_the_report_and_skips_a_missing_comparison(tmp_path, monkey
 def test_missing_onnxruntime_is_a_note_not_a_failure(monkeypatch, small_probe):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     cfg = harness.BenchConfig(batch_sizes=(1,), image_size=75, precisions=("fp32",), backends=("torch",),
-                            compare=("onnxruntime",), repeats=1, latency_repeats=1, warmup=0, threads=1)
+                            compare=("onnxruntime",), repeats=2, warmup=0, threads=1)
     r = harness.run_bench(cfg)
     assert [row["name"] for row in r["rows"]] == ["inceptionv3 torch fp32"]
+    assert len(r["rows"][0]["times_ms"]) == 2     # --repeats holds for batch 1 unless --latency-repeats is given
     assert any("onnxruntime is not installed" in n for n in r["notes"])
     assert r["rows"][0]["ratios"] == {}
 

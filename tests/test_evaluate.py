@@ -114,7 +114,8 @@ def _result(n_classes: int) -> dict:
 
 def test_format_report():
     text = format_report(_result(3), ["cat", "dog", "eel"])
-    assert "top-1: 90.00%" in text and "top-3: 100.00%" in text
+    assert "top-1: 90.00%" in text and "top-3" not in text     # top-3 of 3 classes is 100% by definition
+    assert "top-5: 100.00%" in format_report(_result(6), [f"c{i}" for i in range(6)])
     assert "skipped 1" in text
     assert "precision" in text and "recall" in text and "support" in text
     lines = text.splitlines()

@@ -8,7 +8,7 @@ What a row reports and how it is measured:
   round), so a neighbour that steals a core slows those rows alike. Families run one after the other,
   torch first, because idle ONNX Runtime/OpenVINO threads spin and starve torch's OpenMP threads.
   ms per batch is the median call; img/s is batch / median; p50 and p99 are percentiles of the same
-  calls (batch 1 gets at least ``latency_repeats`` calls so that p99 means something).
+  calls (batch 1 gets ``latency_repeats`` calls where given, so that its p99 can mean something).
 * **GFLOP/s and % of peak**: the network's multiply-adds (``models.summary.summarize``) x 2 x img/s, against a
   large matrix product timed in this process at the row's precision (fp32/bf16 ``torch.mm``, int8
   ``torch._int_mm``): the speed this CPU reaches on the easiest possible work, not a datasheet number.
@@ -81,7 +81,7 @@ class BenchConfig:
     backends: tuple[str, ...] | None = None   # default: every installed backend
     compare: tuple[str, ...] = COMPARE
     repeats: int = 10
-    latency_repeats: int = 100   # batch-1 calls at least, for p99
+    latency_repeats: int | None = None   # batch-1 calls (None: repeats); more make p99 mean something
     warmup: int = 3
     threads: int | None = None   # default: every core this process may use
     seed: int = 0
@@ -128,7 +128,7 @@ def check_config(cfg: BenchConfig) -> None:
         raise ValueError(f"--image-size {cfg.image_size}: InceptionV3 needs at least 75 px")
     for flag, value, low in (("--repeats", cfg.repeats, 1), ("--latency-repeats", cfg.latency_repeats, 1),
                              ("--warmup", cfg.warmup, 0)):
-        if value < low:
+        if value is not None and value < low:
             raise ValueError(f"{flag} {value}: must be >= {low}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"--threads {cfg.threads}: must be >= 1")
@@ -518,7 +518,7 @@ def _bench_batch(cfg: BenchConfig, batch: int, family: str, ours: nn.Module, pla
         row.peak_rss_mb = top - base if top is not None and base is not None else None
         runners.append((row, run))
 
-    calls = max(cfg.repeats, cfg.latency_repeats) if batch == 1 else cfg.repeats
+    calls = batch1_calls(cfg.repeats, cfg.latency_repeats) if batch == 1 else cfg.repeats
     log.info("batch %d: timing %d %s runtimes x %d calls, in alternation", batch, len(runners), family, calls)
     for _ in range(calls):
         for row, run in runners:
@@ -535,6 +535,11 @@ def _bench_batch(cfg: BenchConfig, batch: int, family: str, ours: nn.Module, pla
     return rows
 
 
+def batch1_calls(repeats: int, latency_repeats: int | None) -> int:
+    """Timed calls at batch 1: ``--latency-repeats`` where given, else ``--repeats`` as for every batch."""
+    return repeats if latency_repeats is None else latency_repeats
+
+
 def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
@@ -548,7 +553,7 @@ def format_report(result: dict) -> str:
     lines = [
         (f"inceptionv3 bench: {cfg['arch']}, {cfg['image_size']} px, "
          f"{result['flops_per_image'] / 1e9:.2f} GFLOP per image; median of {cfg['repeats']} calls "
-         f"(batch 1: {max(cfg['repeats'], cfg['latency_repeats'])}) "
+         f"(batch 1: {batch1_calls(cfg['repeats'], cfg.get('latency_repeats'))}) "
          f"after {cfg['warmup']} warm-up, runtimes alternated"),
         "versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in ver.items()),
         f"cpu: {cpu['model']}, {cpu['cores']} cores; flags: {' '.join(cpu['flags']) or 'none of note'}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench import COMPARE
-from .common import EXIT_OK, config_from, csv_of
+from .common import EXIT_OK, check_output, config_from, csv_of, output_errors
 
 NAME = "bench"
 
@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"comma-separated comparisons, or '' for none (default {','.join(COMPARE)}; "
                         "a missing package is skipped with a note)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per row (default 10)")
-    p.add_argument("--latency-repeats", type=int, default=100,
-                   help="timed calls at batch 1 at least, for p99 (default 100)")
+    p.add_argument("--latency-repeats", type=int, default=None,
+                   help="timed calls at batch 1, for a p99 that means something (default: --repeats)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per row first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write everything as JSON")
@@ -35,9 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output(args.json, "--json")   # before the run, not after it
     from ..bench.harness import BenchConfig, format_report, run_bench, write_json
     result = run_bench(config_from(BenchConfig, args))
     print(format_report(result))
     if args.json:
-        print(f"wrote {write_json(result, args.json)}")
+        with output_errors(args.json, "--json"):
+            print(f"wrote {write_json(result, args.json)}")
     return EXIT_OK

@@ -7,10 +7,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..engine.options import (
     BACKENDS,
@@ -27,6 +31,45 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def check_output(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` as an output the command can write, checked before any work starts.
+
+    A missing folder is fine when it can be created (the write creates it); a folder that is a file, or
+    that refuses a file (read-only, no permission), is a ``CommandError`` naming the flag, the folder and
+    the fix. The check writes and removes a probe file, since permission bits do not tell for every user
+    and file system.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{flag} {path}: {existing} is not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".inceptionv3-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        what = "write into" if existing == folder else "create a folder in"
+        raise CommandError(f"{flag} {path}: cannot {what} {existing} ({e.strerror or e}); "
+                           "choose a folder you can write to") from None
+    return path
+
+
+@contextmanager
+def output_errors(path: str | os.PathLike, flag: str) -> Iterator[None]:
+    """An ``OSError`` while writing ``path`` (a full disk, a folder gone) as one line naming ``path`` and the
+    fix, rather than the temporary file the atomic write was filling."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"{flag} {path}: could not write it ({e.strerror or e}); free some space or choose "
+                      "another folder, and run the command again") from None
 
 
 def add_inference_args(p: argparse.ArgumentParser, default_batch: int = EngineOptions.batch_size,

@@ -5,14 +5,16 @@ import argparse
 import json
 import sys
 
-from .common import EXIT_OK, add_engine_args, engine_options
+from .common import EXIT_OK, EXIT_SOME_FAILED, add_engine_args, check_output, engine_options, output_errors
 
 NAME = "evaluate"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, help="top-1/top-5, per-class precision/recall, confusion matrix",
-                       description="Evaluate a saved model on labelled data ('digits' uses its held-out split).")
+                       description="Evaluate a saved model on labelled data ('digits' uses its held-out split). "
+                                   "Exit code 0: every image scored; 1: some (or all) could not be read; "
+                                   "2: usage error.")
     p.add_argument("data", help="'digits' or an image folder")
     p.add_argument("--weights", required=True, help="model file (e.g. runs/demo/best.safetensors) or entry")
     p.add_argument("--split", default="val", choices=("train", "val"), help="which split (default val)")
@@ -32,10 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_output(args.plot, "--plot")   # before the run, not after it
     from ..runtime.distributed import env_from_environ, teardown
-    from ..tasks.evaluate import EVALUATE_OPTIONS, evaluate, format_report, plot_confusion
-    result = evaluate(args.data, args.weights, split=args.split, crops=args.crops, val_fraction=args.val_fraction,
-                      seed=args.seed, options=engine_options(args, EVALUATE_OPTIONS))
+    from ..tasks.evaluate import EVALUATE_OPTIONS, NoUsableImages, evaluate, format_report, plot_confusion
+    try:
+        result = evaluate(args.data, args.weights, split=args.split, crops=args.crops,
+                          val_fraction=args.val_fraction, seed=args.seed,
+                          options=engine_options(args, EVALUATE_OPTIONS))
+    except NoUsableImages as e:
+        print(f"inceptionv3 evaluate: error: {e}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     teardown()
     if not env_from_environ().is_main:   # under torchrun every rank has the summed result; rank 0 reports
         return EXIT_OK
@@ -44,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(result, result["class_names"]))
     if args.plot:
-        plot_confusion(result["confusion"], result["class_names"], args.plot)
+        with output_errors(args.plot, "--plot"):
+            plot_confusion(result["confusion"], result["class_names"], args.plot)
         print(f"confusion matrix drawn to {args.plot}", file=sys.stderr)
+    if result["skipped"]:
+        print(f"inceptionv3 evaluate: {result['skipped']} images could not be read and were skipped; "
+              "the numbers above leave them out", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return EXIT_OK

@@ -19,6 +19,7 @@ from .common import EXIT_USAGE, CommandError
 # In the order `inceptionv3 --help` lists them.
 COMMANDS = ("predict", "features", "explain", "serve", "info", "weights", "train", "plot", "evaluate", "fid",
             "kid", "inception_score", "stats", "export", "convert", "bench")
+VERBOSE_HELP = "log what the library does, and show tracebacks"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="InceptionV3: classify images, extract features, train and evaluate.",
         epilog="Run 'inceptionv3 COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"inceptionv3 {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f".{name}", __package__)
-        module.add_parser(sub).set_defaults(func=module.run)
+        p = module.add_parser(sub)
+        # -v after the command too (`inceptionv3 predict x.jpg -v`); SUPPRESS keeps a -v given before it.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        p.set_defaults(func=module.run)
     return parser
 
 

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Classify images and print the top-k labels with probabilities. "
                                    "Exit code 0: all images classified; 1: some failed; 2: usage error.")
     add_inference_args(p)
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="classes per image (default 5, or every class of a model with fewer)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--strict", action="store_true", help="stop at the first image that fails")
     return p

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
@@ -35,6 +36,10 @@ EXPORTED_OUTPUTS = ("logits", "pool")
 # What `inceptionv3 export` writes: ONNX (ONNX Runtime, OpenVINO, TensorRT), TorchScript, torch.export.
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 
+# What --device takes; checked here, torch-free, so a typo fails before torch loads or a model is read.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
 PathLike = Union[str, "os.PathLike[str]"]
 Calibration = Union[PathLike, Sequence[PathLike], "torch.Tensor", None]
 
@@ -61,6 +66,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.device, str):     # a torch.device
             object.__setattr__(self, "device", str(self.device))
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"--device {self.device}: unknown device; use {DEVICE_HELP}")
         if isinstance(self.calibration, (str, os.PathLike)):
             object.__setattr__(self, "calibration", (self.calibration,))
         elif isinstance(self.calibration, list):

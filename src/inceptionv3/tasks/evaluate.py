@@ -37,6 +37,10 @@ EVALUATE_OPTIONS = EngineOptions(batch_size=64)
 MAX_PRINTED_CLASSES = 20  # wider confusion matrices do not fit a terminal; use --plot or the JSON output
 
 
+class NoUsableImages(ValueError):
+    """Every image of the split failed to decode: there is nothing to score (an error, not 0% accuracy)."""
+
+
 @torch.inference_mode()
 def evaluate_model(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
@@ -52,7 +56,8 @@ def evaluate_model(
     The loader yields `(images, labels)` or `(images, labels, skipped)` (as `data.collate_labeled` does).
     Images N x C x H x W are one view each; N x K x C x H x W are K crops of each image, whose softmax
     probabilities are averaged (the crops go through the model `chunk` at a time).
-    Top-k is capped at `num_classes`, so top-5 of a 3-class problem is top-3 (always 100%).
+    Top-k is capped at `num_classes`, so top-5 of a 3-class problem is top-3 (always 100%; `evaluate` and
+    `format_report` leave it out).
     Precision of a class never predicted, and recall of a class absent from the data, are 0.
     Under torchrun each rank passes its shard of the data; the counts are summed over ranks, so every
     rank returns the numbers of the whole data set. `model` is a module or any callable from images to
@@ -178,8 +183,16 @@ def evaluate(
     workers = thread_budget(options)
     loader = labeled_loader(shard, batch_size=max(1, options.batch_size // crops), shuffle=False, workers=workers)
     result = evaluate_model(engine, loader, len(classes), dev, env, chunk=options.batch_size)
+    if result["n"] == 0 and result["skipped"]:
+        raise NoUsableImages(f"{data}: none of the {result['skipped']} images of the {split} split could be "
+                             "read; check the files (inceptionv3 predict lists why each one fails)")
+    if result["n"] == 0:
+        raise ValueError(f"{data}: the {split} split holds no images; give a folder with images in its "
+                         "class folders (or a larger --val-fraction)")
     if result["skipped"] and env.is_main:
         logger.warning("skipped %d unreadable images", result["skipped"])
+    if result["topk"] >= len(classes):    # top-k of k classes or fewer is 100% by definition: not reported
+        result.update(top5=None, topk=None)
     result.update(class_names=classes, data=data, split=split, weights=str(weights), crops=crops,
                   processes=env.world_size, engine=engine.describe())
     return result
@@ -194,10 +207,11 @@ def format_report(result: dict[str, Any], class_names: Sequence[str]) -> str:
     """Top-1/top-5, a per-class precision/recall/support table and (up to 20 classes) the confusion matrix."""
     names = [str(c) for c in class_names]
     k = result.get("topk", min(5, len(names)))
+    top_k = f"   top-{k}: {result['top5']:.2f}%" if k and k < len(names) else ""
     lines = [
         f"images: {result['n']}"
         + (f" (skipped {result['skipped']} unreadable)" if result.get("skipped") else ""),
-        f"top-1: {result['top1']:.2f}%   top-{k}: {result['top5']:.2f}%   loss: {result['loss']:.4f}",
+        f"top-1: {result['top1']:.2f}%{top_k}   loss: {result['loss']:.4f}",
         "",
     ]
     width = max([5, *(len(c) for c in names)])

@@ -12,6 +12,8 @@ from ..engine import runner
 from ..engine.options import Calibration, EngineOptions, engine_options
 from ..weights.load import load_model
 
+DEFAULT_TOP_K = 5    # or every class, when the model has fewer
+
 
 class ImageFailure(RuntimeError):
     """Raised in strict mode at the first image that cannot be used."""
@@ -26,7 +28,7 @@ def top_k_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor,
 def predict(
     inputs: Sequence[str | os.PathLike],
     weights: str | os.PathLike | nn.Module = "imagenet",
-    top_k: int = 5,
+    top_k: int | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str | None = None,
@@ -43,19 +45,27 @@ def predict(
 
     ``inputs`` are files, folders (recursive), glob patterns or ``@list.txt`` files. Each result is
     ``{"path", "predictions": [{"index", "label", "probability"}, ...]}`` or ``{"path", "error"}``.
-    With ``strict=True`` the first unusable image raises ``ImageFailure``.
+    With ``strict=True`` the first unusable image raises ``ImageFailure``. ``top_k`` (default: 5, or every
+    class of a model with fewer) larger than the model's classes is an error.
 
     ``options`` say how the engine runs (device, precision, backend, batching, int8 calibration); the
     keywords of the same names replace single settings (defaults: ``EngineOptions()``, fp32 on the
     fastest backend for the job).
     """
-    if top_k < 1:
+    if top_k is not None and top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     options = engine_options(options, batch_size=batch_size, workers=workers, device=device, progress=progress,
                              precision=precision, backend=backend, calibration=calibration)
     paths = expand_paths(inputs)
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
     names = model.meta.class_names
+    classes = int(getattr(model, "num_classes", 0) or len(names or ()))
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, classes) if classes else DEFAULT_TOP_K
+    elif classes and top_k > classes:
+        shown = ", ".join(list(names)[:5]) + (", ..." if len(names) > 5 else "") if names else "unnamed"
+        raise ValueError(f"--top-k {top_k}: the model has only {classes} classes ({shown}); "
+                         f"use --top-k {classes} or less")
     results: list[dict | None] = [None] * len(paths)
     for step in runner.run(model, paths, "logits", options, desc="predict"):
         for i, reason in step.failures:
