@@ -22,7 +22,7 @@ LAYERS = {
     "weights": 2,
     "data": 3,
     "engine": 4,
-    "tasks": 5, "metrics": 5, "training": 5, "bench": 5,
+    "tasks": 5, "metrics": 5, "training": 5, "bench": 5, "serve": 5,
     "cli": 6, "__main__": 6, "demo": 6,
 }
 
