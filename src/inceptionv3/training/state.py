@@ -1,11 +1,14 @@
 """The training state: `TrainState` is exactly what a checkpoint holds, and this module the one place that
 writes and reads that layout.
 
-A checkpoint file (last.pt, checkpoints/step-NNNNNNNN.pt) is `TrainState.to_checkpoint()`: a plain dict of
-tensors and Python values tagged with `CHECKPOINT_FORMAT`, saved atomically with a sha256 digest of its
-contents. It is read with `torch.load(weights_only=True)`, so loading one never runs pickled code; the
-digest catches flipped bytes that torch.load does not notice. The last K are kept as hard links, and
-`--resume` takes the newest good one (damaged ones are skipped with a message naming them).
+A checkpoint file (last.pt) is `TrainState.to_checkpoint()`: a plain dict of tensors and Python values
+tagged with `CHECKPOINT_FORMAT`, saved atomically with a sha256 digest of its contents. It is read with
+`torch.load(weights_only=True)`, so loading one never runs pickled code; the digest catches flipped bytes
+that torch.load does not notice. A run keeps one such full state: the optimizer's moments make it about
+three times the weights. The last K step snapshots, checkpoints/step-NNNNNNNN.safetensors, hold the
+weights only (a weights file: `predict --weights`, `train --weights`). Runs from before kept full states
+as checkpoints/step-NNNNNNNN.pt; `--resume` takes the newest good full state (damaged ones are skipped
+with a message naming them).
 
 Because the dict carries the network's state dict under "model" and its description under "meta",
 `weights.load_model` also reads a checkpoint as a weights file.
@@ -13,10 +16,8 @@ Because the dict carries the network's state dict under "model" and its descript
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from ..runtime.files import atomic_path
+from ..weights.io import checkpoint_digest as _digest
+from .records import writing
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +95,9 @@ class TrainState:
             values["world_size"] = len(d["rng"])
         return cls(**values)
 
-    def save(self, out: str | os.PathLike, keep_last: int) -> Path:
-        """out/last.pt, plus out/checkpoints/step-NNNNNNNN.pt keeping `keep_last` (see `write_checkpoint`)."""
-        return write_checkpoint(Path(out), self.to_checkpoint(), keep_last)
+    def save(self, out: str | os.PathLike) -> Path:
+        """out/last.pt, atomically (the previous one stays whole if the write fails)."""
+        return save_checkpoint(Path(out) / "last.pt", self.to_checkpoint())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainState:
@@ -107,37 +110,13 @@ class TrainState:
         return _newest_good(run, cls.load)
 
 
-def _digest(state: dict[str, Any]) -> str:
-    """sha256 over every tensor's bytes and every other value's repr, in order (the 'digest' key aside)."""
-    h = hashlib.sha256()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous().reshape(-1)
-            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
-            h.update(memoryview(t.view(torch.uint8).numpy()))
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                if k != "digest":
-                    h.update(repr(k).encode())
-                    walk(v)
-        elif isinstance(o, (list, tuple)):
-            h.update(b"[")
-            for v in o:
-                walk(v)
-            h.update(b"]")
-        else:
-            h.update(repr(o).encode())
-
-    walk(state)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """torch.save `state` atomically (temp file, fsync, rename) with a 'digest' of its contents added: a
-    crash never leaves a torn last.pt, and `load_checkpoint` can tell a damaged file."""
+    crash never leaves a torn last.pt, and `load_checkpoint` can tell a damaged file. A failed write (a
+    full disk) is an OSError naming `path`, and the file there before is left as it was."""
     state = {**state, "digest": _digest(state)}
-    with atomic_path(path) as tmp:
+    with writing(Path(path), f"the previous {Path(path).name} is intact: free some space, then continue "
+                             f"with --resume {Path(path).parent}"), atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
 
@@ -157,30 +136,26 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, A
     return state
 
 
-def write_checkpoint(out: Path, state: dict[str, Any], keep_last: int) -> Path:
-    """last.pt, plus checkpoints/step-NNNNNNNN.pt (a hard link: no extra space) keeping `keep_last`."""
-    last = save_checkpoint(out / "last.pt", state)
-    if keep_last > 0:
-        folder = out / "checkpoints"
-        folder.mkdir(exist_ok=True)
-        dest = folder / f"step-{state['global_step']:08d}.pt"
-        tmp = folder / f".{dest.name}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(last, tmp)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(last, tmp)
-        os.replace(tmp, dest)
-        for old in sorted(folder.glob("step-*.pt"))[:-keep_last]:
-            old.unlink(missing_ok=True)
-    return last
+STEP_FOLDER = "checkpoints"
+
+
+def step_weights_path(out: Path, global_step: int) -> Path:
+    """Where the weights snapshot of `global_step` goes: checkpoints/step-NNNNNNNN.safetensors."""
+    return out / STEP_FOLDER / f"step-{global_step:08d}.safetensors"
+
+
+def prune_step_weights(out: Path, keep_last: int) -> None:
+    """Remove all but the newest `keep_last` weights snapshots (full states of older runs stay)."""
+    snapshots = sorted((out / STEP_FOLDER).glob("step-*.safetensors"))
+    for old in snapshots[: max(0, len(snapshots) - keep_last)]:
+        old.unlink(missing_ok=True)
 
 
 def checkpoint_candidates(run: str | os.PathLike) -> list[Path]:
-    """A run folder's checkpoints, newest first: last.pt, then checkpoints/step-*.pt."""
+    """A run folder's full training states, newest first: last.pt, then the step-*.pt of older runs."""
     run = Path(run)
     found = [run / "last.pt"] if (run / "last.pt").is_file() else []
-    return found + sorted((run / "checkpoints").glob("step-*.pt"), reverse=True)
+    return found + sorted((run / STEP_FOLDER).glob("step-*.pt"), reverse=True)
 
 
 def latest_good_checkpoint(run: str | os.PathLike) -> tuple[dict[str, Any], Path]:
@@ -205,5 +180,8 @@ def _newest_good(run: str | os.PathLike, read: Callable[[Path], T]) -> tuple[T, 
         if problems:
             logger.warning("resuming from %s instead (%d damaged checkpoint(s) skipped)", path, len(problems))
         return state, path
-    raise ValueError(f"--resume {run}: every checkpoint is damaged ({'; '.join(problems)}); "
-                     "start the run again without --resume")
+    snapshots = sorted(Path(run, STEP_FOLDER).glob("step-*.safetensors"))
+    keep = (f"; the newest weights, {snapshots[-1]}, can start a new run (--weights {snapshots[-1]} "
+            "--out NEW)") if snapshots else ""
+    raise ValueError(f"--resume {run}: every checkpoint is damaged ({'; '.join(problems)}){keep}; "
+                     "or start the run again with --overwrite")

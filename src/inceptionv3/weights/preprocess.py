@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
+# The largest image side a network input or resize may have: far above any InceptionV3 preset, and small
+# enough that a damaged or hostile file cannot make one image cost gigabytes.
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,8 @@ class Preprocess:
     def __post_init__(self) -> None:
         for name in ("input_size", "resize_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Preprocess.{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIDE:
+                raise ValueError(f"Preprocess.{name} must be an integer from 1 to {MAX_SIDE}, got {value!r}")
         if self.resize_size < self.input_size:
             raise ValueError(
                 f"Preprocess.resize_size ({self.resize_size}) must be >= input_size ({self.input_size}): "
