@@ -80,13 +80,15 @@ class LabeledImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[i]
         try:
-            img = load_image(path, self.mode)
-        except ImageError as e:
-            if path not in self._reported:
-                self._reported.add(path)
-                log.warning("skipping %s", e)
-            return BadImage(path, e.reason) if self.report_bad else None
-        return self.transform(img), label
+            return self.transform(load_image(path, self.mode)), label
+        except ImageError as e:   # from decoding, or a transform bounding its work
+            reason = e.reason
+        except MemoryError:
+            reason = "not enough memory to preprocess it"
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning("skipping %s", ImageError(path, reason))
+        return BadImage(path, reason) if self.report_bad else None
 
 
 class InMemoryImages(Dataset):

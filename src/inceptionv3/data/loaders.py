@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..runtime.threads import available_cores
+from ..runtime.threads import available_cores, bound_workers
 from .datasets import BadImage, SkippedImages, Transform
 from .decode import ImageError, load_image
 
@@ -32,12 +32,15 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
-def _resolve_workers(workers: int | None) -> int:
+def resolve_workers(workers: int | None) -> int:
+    """The decode worker processes to start: ``default_workers()`` for None, else ``workers`` bounded by
+    the cores (``runtime.threads.bound_workers``, which says so); a negative or non-integer count is a
+    ValueError."""
     if workers is None:
         return default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0 or None, got {workers!r}")
-    return workers
+    return bound_workers(workers)
 
 
 class ImageFiles(Dataset):
@@ -53,10 +56,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
-            img = load_image(self.paths[i], self.mode)
-        except ImageError as e:
+            return self.transform(load_image(self.paths[i], self.mode)), i, None
+        except ImageError as e:   # from decoding, or a transform bounding its work
             return None, i, e.reason
-        return self.transform(img), i, None
+        except MemoryError:
+            return None, i, "not enough memory to preprocess it"
 
 
 @dataclass
@@ -137,7 +141,7 @@ def image_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if workers == 0:
@@ -200,7 +204,7 @@ def labeled_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(

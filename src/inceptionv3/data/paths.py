@@ -2,11 +2,15 @@
 ``@list.txt`` files into a list of paths; ``list_images`` walks one folder; ``InputError`` is a bad input."""
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from ..runtime.files import os_error_reason, quote_path, unquote_path
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,13 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
     """
     exts = _normalise_exts(extensions)
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(e: OSError) -> None:
+        where = e.filename if e.filename is not None else folder
+        log.warning("%s: cannot list this folder (%s); its images are skipped", quote_path(where),
+                    os_error_reason(e, where))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in exts:
@@ -44,7 +54,9 @@ def expand_paths(
     Files named explicitly are kept whatever their extension; folder and glob results are filtered by
     `extensions`. Order follows the inputs (each folder/glob sorted); exact duplicates are dropped.
     ``@list.txt`` holds one path, folder or glob per line ('#' comments and blank lines ignored;
-    relative entries are relative to the list file's folder).
+    relative entries are relative to the list file's folder; a name with a newline or other odd
+    characters is written as a JSON string, as ``runtime.files.quote_path`` writes it). A path that is a
+    symlink which cannot be followed (a loop, a missing target) is kept: decoding names the reason.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -70,18 +82,26 @@ def expand_paths(
 
 def _expand_one(item: str | os.PathLike, exts: frozenset[str]) -> list[Path]:
     p = Path(item)
-    if p.is_dir():
+    text = os.fspath(item)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        if os.path.lexists(p):
+            return [p]   # a symlink that cannot be followed (a loop, a missing target): decoding says why
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise InputError(f"{quote_path(text)}: {os_error_reason(e, p)}") from None
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         found = list_images(p, exts)
         if not found:
-            log.warning("no images in folder %s (extensions: %s)", p, ", ".join(sorted(exts)))
+            log.warning("no images in folder %s (extensions: %s)", quote_path(p), ", ".join(sorted(exts)))
         return found
-    if p.exists():
+    if st is not None:
         return [p]
-    text = os.fspath(item)
     if any(c in _GLOB_CHARS for c in text):
         matches = sorted(glob.glob(text, recursive=True))
         if not matches:
-            raise InputError(f"{text}: pattern matched no files")
+            raise InputError(f"{quote_path(text)}: pattern matched no files")
         found = []
         for m in matches:
             mp = Path(m)
@@ -90,24 +110,34 @@ def _expand_one(item: str | os.PathLike, exts: frozenset[str]) -> list[Path]:
             elif mp.suffix.lower() in exts:
                 found.append(mp)
         return found
-    raise InputError(f"{text}: no such file or directory")
+    raise InputError(f"{quote_path(text)}: no such file or directory")
 
 
 def _read_list(list_path: Path) -> list[str]:
+    """The entries of an ``@list.txt``: one per line, split on '\n' only; a line that starts with '"'
+    is one JSON string (``runtime.files.quote_path`` writes names holding newlines or other odd
+    characters so), any other line is taken with its surrounding white space stripped."""
+    shown = quote_path(f"@{list_path}")
     try:
-        text = list_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"@{list_path}: list file not found") from None
+        # Names that are not UTF-8 come back as the bytes they were (surrogate escapes).
+        text = list_path.read_text(encoding="utf-8", errors="surrogateescape")
     except IsADirectoryError:
-        raise InputError(f"@{list_path}: is a directory, expected a text file of paths") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"@{list_path}: cannot read list file ({e})") from None
+        raise InputError(f"{shown}: is a directory, expected a text file of paths") from None
+    except FileNotFoundError:
+        raise InputError(f"{shown}: list file not found") from None
+    except OSError as e:
+        raise InputError(f"{shown}: cannot read list file ({os_error_reason(e, list_path)})") from None
     base = list_path.parent
     entries = []
-    for line in text.splitlines():
-        line = line.strip()
+    for n, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if line.startswith('"'):
+            try:
+                line = unquote_path(line)
+            except ValueError as e:
+                raise InputError(f"{shown}, line {n}: {e}") from None
         entry = os.path.expanduser(line)
         entries.append(entry if os.path.isabs(entry) else os.path.join(base, entry))
     return entries

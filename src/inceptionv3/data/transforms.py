@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..weights.preprocess import Preprocess
-from .decode import PIL_RESAMPLE
+from .decode import PIL_RESAMPLE, check_resize
 
 
 def _channel_stats(pre: Preprocess, in_chans: int) -> tuple[list[float], list[float]]:
@@ -60,10 +60,16 @@ class _ToTensor:
 
 
 def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
-    """Shorter side to ``size``, the longer one scaled and truncated (torchvision's Resize(size))."""
+    """Shorter side to ``size``, the longer one scaled and truncated (torchvision's Resize(size)).
+
+    A result beyond ``decode.MAX_RESIZED_PIXELS`` is refused (``ImageError``) before it is allocated.
+    """
     w, h = img.size
     new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    return img if new == (w, h) else img.resize(new, resample)
+    if new == (w, h):
+        return img
+    check_resize(w, h, *new)
+    return img.resize(new, resample)
 
 
 def _center_box(w: int, h: int, size: int) -> tuple[int, int]:

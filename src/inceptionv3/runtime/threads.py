@@ -66,6 +66,44 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+THREADS_ENV = "INCEPTIONV3_NUM_THREADS"
+
+
+def env_threads() -> int | None:
+    """The compute threads ``INCEPTIONV3_NUM_THREADS`` pins (None when unset or empty); anything but a
+    whole number >= 1 is a ValueError naming the variable."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={raw!r}: expected a whole number of threads >= 1 "
+                         f"(e.g. {THREADS_ENV}=2); set it so or unset it")
+    return n
+
+
+_bounded_once: set[tuple[int, int]] = set()
+
+
+def bound_workers(workers: int) -> int:
+    """``workers`` decode processes, at most one per core this process may use (``available_cores``).
+
+    More processes than cores decode no faster; each costs a copy of the interpreter and its prefetched
+    batches in memory. The bound is logged once per process and value.
+    """
+    cores = available_cores()
+    if workers <= cores:
+        return workers
+    if (workers, cores) not in _bounded_once:
+        _bounded_once.add((workers, cores))
+        log.warning("%d decode workers asked for; using %d, one per core this process may use "
+                    "(more only cost memory)", workers, cores)
+    return cores
+
+
 def set_compute_threads(workers: int, threads: int | None = None) -> int:
     """Give torch the cores the decode workers leave free (at least one), unless told otherwise.
 
@@ -73,9 +111,10 @@ def set_compute_threads(workers: int, threads: int | None = None) -> int:
     """
     import torch
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
     if threads is None:
-        env = os.environ.get("INCEPTIONV3_NUM_THREADS")
-        threads = int(env) if env else max(1, available_cores() - workers)
+        threads = env_threads() or max(1, available_cores() - workers)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
         log.debug("torch compute threads: %d (decode workers: %d)", threads, workers)
