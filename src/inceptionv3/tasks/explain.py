@@ -357,6 +357,7 @@ def explain_files(
     from ..weights.load import load_model
 
     check_method(method)
+    _captum_attr()   # a missing extra is named before the model loads
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
     if batch_size < 1:
