@@ -77,8 +77,25 @@ def test_torch_inputs_and_bad_inputs():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         functional.frechet_distance(mu1, s1, mu2, bad)
-    with pytest.warns(functional.MetricWarning, match="negative eigenvalue"):
+    with pytest.raises(ValueError, match="B: sigma has a negative variance"):
         functional.frechet_details(mu1, s1, mu2, -np.eye(8))
+
+
+def test_a_distance_is_never_negative():
+    rng = np.random.default_rng(5)
+    # Identical singular statistics (N < dims): rounding below zero is reported as exactly 0.
+    x = np.abs(rng.standard_normal((10, 256)))
+    mu, s = x.mean(0), np.cov(x, rowvar=False)
+    for method in ("eigh", "sqrtm"):
+        assert functional.frechet_distance(mu, s, mu, s, method=method) == 0.0
+    # Not covariances although the diagonals are positive: the error names the input.
+    mu1, s1 = _stats(rng, 200, 8)
+    indefinite = np.eye(8) - 3 * np.outer(np.ones(8), np.ones(8)) / 8      # eigenvalues 1 and -2
+    np.fill_diagonal(indefinite, 0.5)
+    with pytest.raises(ValueError, match="real.npz: sigma has a clearly negative eigenvalue"):
+        functional.frechet_details(mu1, indefinite, mu1, s1, labels=("real.npz", "gen"))
+    with pytest.raises(ValueError, match="a / b: sigma1 sigma2 has a clearly negative eigenvalue"):
+        functional.frechet_details(mu1, s1, mu1, indefinite, labels=("a", "b"))
 
 
 def test_kid_matches_torch_fidelity():
@@ -124,3 +141,45 @@ def test_precision_recall_matches_torch_fidelity():
     assert (ours["precision"], ours["recall"]) == pytest.approx((p, r))
     same = functional.precision_recall(real, real)
     assert same["precision"] == same["recall"] == 1.0
+
+
+def _brute_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
+    """Naeem et al.'s definitions, written out with loops over a full distance matrix."""
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    r_real = np.sort(dist(real, real), axis=1)[:, k]          # column 0 is the point itself
+    r_fake = np.sort(dist(fake, fake), axis=1)[:, k]
+    d_rf = dist(real, fake)                                    # real i, fake j
+    inside = d_rf <= r_real[:, None]                           # fake j in real i's ball
+    return {"precision": np.mean([inside[:, j].any() for j in range(len(fake))]),
+            "recall": np.mean([(d_rf[i] <= r_fake).any() for i in range(len(real))]),
+            "density": inside.sum() / (k * len(fake)),
+            "coverage": np.mean([inside[i].any() for i in range(len(real))])}
+
+
+def test_prdc_matches_brute_force_numpy():
+    rng = np.random.default_rng(6)
+    real = rng.standard_normal((40, 6))
+    fake = rng.standard_normal((35, 6)) * 0.7 + 0.4
+    for k in (1, 3, 5):
+        want = _brute_prdc(real, fake, k)
+        got = functional.prdc(fake, real, k=k, block=7)        # blocks smaller than the sets
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-12), (key, k)
+    assert functional.prdc(fake, real, k=3)["precision"] == functional.precision_recall(fake, real)["precision"]
+    same = functional.prdc(real, real, k=5)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    with pytest.raises(ValueError, match="k=5 nearest neighbours need more than 5 samples"):
+        functional.prdc(fake[:5], real, k=5)
+
+
+def test_argument_checks_before_any_compute():
+    with pytest.raises(ValueError, match=r"subset size 50 is larger than the number of images \(40 and \?\)"):
+        functional.check_kid_args([40, None], 10, 50)
+    functional.check_kid_args([None, None], 10, 50)
+    with pytest.raises(ValueError, match="at least 1 split"):
+        functional.check_is_args(None, 0)
+    with pytest.raises(ValueError, match="needs at least 10 images, got 4"):
+        functional.check_is_args(4, 10)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        functional.check_knn_args([10, 10], 0)

@@ -21,9 +21,14 @@ log = logging.getLogger(__name__)
 Array = np.ndarray | torch.Tensor
 
 
-# Eigenvalues of sqrt(S1) S2 sqrt(S1) below -NEG_TOL * (largest eigenvalue) are reported: a PSD product
-# cannot have them, so they mean broken statistics (NaNs, a non-covariance), not rounding.
+# Eigenvalues of sqrt(S1) S2 sqrt(S1) (or of a covariance) below -NEG_TOL * (largest eigenvalue) are an
+# error: a PSD product cannot have them, so they mean broken statistics (a non-covariance), not rounding.
 NEG_TOL = 1e-6
+# A distance below -DIST_TOL * (tr S1 + tr S2 + ||mu1 - mu2||^2) is an error; above it, it is rounding in
+# the subtraction of nearly equal traces and is reported as 0 (a distance is never negative). Singular
+# covariances (fewer images than dims) put a few 1e-7 of the traces into that rounding: the square roots
+# of eigenvalues that are zero in exact arithmetic.
+DIST_TOL = 1e-5
 
 
 class MetricWarning(UserWarning):
@@ -50,16 +55,25 @@ class FrechetResult:
         return dict(self.__dict__)
 
 
-def _check_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> None:
+def _check_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor,
+                 labels: tuple[str, str]) -> None:
     if mu1.dim() != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"mean vectors differ in shape: {tuple(mu1.shape)} vs {tuple(mu2.shape)}")
+        raise ValueError(f"mean vectors differ in shape: {tuple(mu1.shape)} ({labels[0]}) vs "
+                         f"{tuple(mu2.shape)} ({labels[1]})")
     d = mu1.shape[0]
     if s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"covariances must be {d} x {d} to match the means, got {tuple(s1.shape)} and "
-                         f"{tuple(s2.shape)}")
-    for name, t in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        raise ValueError(f"covariances must be {d} x {d} to match the means, got {tuple(s1.shape)} "
+                         f"({labels[0]}) and {tuple(s2.shape)} ({labels[1]})")
+    for label, name, t in ((labels[0], "mu", mu1), (labels[0], "sigma", s1), (labels[1], "mu", mu2),
+                           (labels[1], "sigma", s2)):
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} holds NaN or Inf values; the statistics are broken")
+            raise ValueError(f"{label}: {name} holds NaN or Inf values; the statistics are broken "
+                             f"(recompute them)")
+    for label, s in ((labels[0], s1), (labels[1], s2)):
+        diag = torch.diagonal(s)
+        if float(diag.min()) < -NEG_TOL * max(float(diag.abs().max()), 1e-300):
+            raise ValueError(f"{label}: sigma has a negative variance ({float(diag.min()):.3g}) on its "
+                             f"diagonal: not a covariance matrix (recompute the statistics)")
 
 
 def _psd_sqrt(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,17 +82,21 @@ def _psd_sqrt(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (v * w.clamp(min=0).sqrt()) @ v.T, w
 
 
-def _similar_psd(s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+def _similar_psd(s1: torch.Tensor, s2: torch.Tensor, label: str) -> torch.Tensor:
     """A symmetric PSD matrix with the spectrum of S1 S2.
 
     L^T S2 L for the Cholesky factor S1 = L L^T when S1 is positive definite (cheap); otherwise (fewer
-    samples than dims: S1 singular) sqrt(S1) S2 sqrt(S1) through a symmetric eigen-decomposition.
+    samples than dims: S1 singular) sqrt(S1) S2 sqrt(S1) through a symmetric eigen-decomposition, which
+    also tells a singular covariance from one that is not a covariance (``label`` names it then).
     """
     s1 = (s1 + s1.T) / 2
     chol, info = torch.linalg.cholesky_ex(s1)
     if int(info) == 0:
         return chol.T @ s2 @ chol
-    root1, _ = _psd_sqrt(s1)
+    root1, w = _psd_sqrt(s1)
+    if float(w[0]) < -NEG_TOL * max(float(w[-1]), 1e-300):
+        raise ValueError(f"{label}: sigma has a clearly negative eigenvalue ({float(w[0]):.3g}, largest "
+                         f"{float(w[-1]):.3g}): not a covariance matrix (recompute the statistics)")
     return root1 @ s2 @ root1
 
 
@@ -100,7 +118,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
-                    method: str = "eigh") -> FrechetResult:
+                    method: str = "eigh", labels: tuple[str, str] = ("A", "B")) -> FrechetResult:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), with diagnostics.
 
     ``method="eigh"`` (default): tr sqrt(S1 S2) as the sum of square roots of the eigenvalues of a
@@ -111,33 +129,49 @@ def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
     ``method="sqrtm"``: pytorch-fid's route (scipy.linalg.sqrtm of S1 S2, eps 1e-6 on the diagonals when
     the product is singular), kept to reproduce old numbers; a large imaginary part is warned about and
     dropped instead of raising.
+
+    A distance is never negative: a value below zero by rounding (within ``DIST_TOL`` of the traces) is
+    0; statistics that are not covariances (NaN, negative variances or eigenvalues, a clearly negative
+    distance) raise ValueError naming the input by its ``labels``.
     """
     if method not in ("eigh", "sqrtm"):
         raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
     device = sigma1.device if isinstance(sigma1, torch.Tensor) else None
     mu1_, s1, mu2_, s2 = (_t64(a, device) for a in (mu1, sigma1, mu2, sigma2))
-    _check_stats(mu1_, s1, mu2_, s2)
+    _check_stats(mu1_, s1, mu2_, s2, labels)
     diff = mu1_ - mu2_
     mean_term = float(diff @ diff)
     traces = float(torch.trace(s1) + torch.trace(s2))
     if method == "sqrtm":
         tr_covmean, worst_imag = _sqrtm_trace(s1.cpu().numpy(), s2.cpu().numpy())
         trace_term = traces - 2 * tr_covmean
-        return FrechetResult(mean_term + trace_term, mean_term, trace_term, None, 0, worst_imag, "sqrtm")
+        value = _never_negative(mean_term + trace_term, traces + mean_term, labels)
+        return FrechetResult(value, mean_term, trace_term, None, 0, worst_imag, "sqrtm")
 
     with _one_cpu_thread(s1.device):
-        m = _similar_psd(s1, s2)
+        m = _similar_psd(s1, s2, labels[0])
         lam = torch.linalg.eigvalsh((m + m.T) / 2)
     lam_min, lam_max = float(lam[0]), float(lam[-1])
-    negative = lam < 0
-    clipped = int(negative.sum())
+    clipped = int((lam < 0).sum())
     if lam_min < -NEG_TOL * max(lam_max, 1e-300):
-        warnings.warn(f"S1 S2 has a clearly negative eigenvalue ({lam_min:.3g}, largest "
-                      f"{lam_max:.3g}): the covariances are not valid covariance matrices; clipped to 0",
-                      MetricWarning, stacklevel=2)
+        raise ValueError(f"{labels[0]} / {labels[1]}: sigma1 sigma2 has a clearly negative eigenvalue "
+                         f"({lam_min:.3g}, largest {lam_max:.3g}): the covariances are not valid covariance "
+                         f"matrices (recompute the statistics)")
     tr_covmean = float(lam.clamp(min=0).sqrt().sum())
     trace_term = traces - 2 * tr_covmean
-    return FrechetResult(mean_term + trace_term, mean_term, trace_term, lam_min, clipped, 0.0, "eigh")
+    value = _never_negative(mean_term + trace_term, traces + mean_term, labels)
+    return FrechetResult(value, mean_term, trace_term, lam_min, clipped, 0.0, "eigh")
+
+
+def _never_negative(value: float, scale: float, labels: tuple[str, str]) -> float:
+    """``value`` clamped at 0 when it is below zero by rounding only; an error when clearly negative."""
+    if math.isnan(value):
+        raise ValueError(f"{labels[0]} / {labels[1]}: the Fréchet distance is NaN; the statistics are "
+                         f"broken (recompute them)")
+    if value < -DIST_TOL * max(abs(scale), 1e-300):
+        raise ValueError(f"{labels[0]} / {labels[1]}: the Fréchet distance came out negative ({value:.6g}); "
+                         f"the statistics are not valid covariances (recompute them)")
+    return max(value, 0.0)
 
 
 def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> tuple[float, float]:
@@ -165,6 +199,40 @@ def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> tuple[flo
 def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array, method: str = "eigh") -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)); see ``frechet_details`` for the routes."""
     return frechet_details(mu1, sigma1, mu2, sigma2, method).value
+
+
+def check_kid_args(counts: list[int | None], subsets: int, subset_size: int) -> None:
+    """KID's settings against the image counts (None: not known yet), before any feature is computed."""
+    if subset_size < 2:
+        raise ValueError(f"KID subset size must be at least 2, got {subset_size} (--kid-subset-size)")
+    if subsets < 1:
+        raise ValueError(f"KID needs at least one subset, got {subsets} (--kid-subsets)")
+    known = [n for n in counts if n is not None]
+    if known and subset_size > min(known):
+        shown = " and ".join("?" if n is None else str(n) for n in counts)
+        raise ValueError(f"KID subset size {subset_size} is larger than the number of images "
+                         f"({shown}); use a subset size of at most {min(known)} "
+                         f"(--kid-subset-size), or more images")
+
+
+def check_is_args(count: int | None, splits: int) -> None:
+    """The Inception Score's splits against the image count (None: not known yet)."""
+    if splits < 1:
+        raise ValueError(f"the Inception Score needs at least 1 split, got {splits} (--splits)")
+    if count is not None and count < splits:
+        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} images, got {count}; "
+                         f"use fewer --splits or more images")
+
+
+def check_knn_args(counts: list[int | None], k: int) -> None:
+    """Precision/recall/density/coverage's k against the sample counts (None: not known yet)."""
+    if k < 1:
+        raise ValueError(f"the number of nearest neighbours k must be at least 1, got {k} (--k)")
+    known = [n for n in counts if n is not None]
+    if known and min(known) <= k:
+        shown = " and ".join("?" if n is None else str(n) for n in counts)
+        raise ValueError(f"k={k} nearest neighbours need more than {k} samples per set, got {shown}; "
+                         f"use a smaller --k or more images")
 
 
 @dataclass(frozen=True)
@@ -204,14 +272,7 @@ def kid(features1: Array, features2: Array, subsets: int = 100, subset_size: int
         raise ValueError(f"KID needs two N x D feature matrices of equal D, got {tuple(f1.shape)} and "
                          f"{tuple(f2.shape)}")
     n1, n2 = f1.shape[0], f2.shape[0]
-    if subset_size < 2:
-        raise ValueError(f"KID subset size must be at least 2, got {subset_size}")
-    if subset_size > min(n1, n2):
-        raise ValueError(f"KID subset size {subset_size} is larger than the number of images "
-                         f"({n1} and {n2}); use a subset size of at most {min(n1, n2)} "
-                         f"(--kid-subset-size), or more images")
-    if subsets < 1:
-        raise ValueError(f"KID needs at least one subset, got {subsets}")
+    check_kid_args([n1, n2], subsets, subset_size)
     rng = np.random.RandomState(seed)
     values = np.empty(subsets)
     for i in range(subsets):
@@ -241,8 +302,7 @@ def inception_score(logits: Array, splits: int = 10, shuffle: bool = True, seed:
     if x.dim() != 2:
         raise ValueError(f"inception_score needs an N x C logits matrix, got shape {tuple(x.shape)}")
     n = x.shape[0]
-    if splits < 1 or n < splits:
-        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} images, got {n}")
+    check_is_args(n, splits)
     if shuffle:
         x = x[torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(x.device)]
     p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
@@ -264,19 +324,42 @@ def _covered(q: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, block: int
     return torch.cat([(torch.cdist(b, ref) <= radii[None, :]).any(dim=1) for b in q.split(block)])
 
 
+def _pair(generated: Array, real: Array, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g, r = _t64(generated), _t64(real)
+    if g.dim() != 2 or r.dim() != 2 or g.shape[1] != r.shape[1]:
+        raise ValueError(f"precision/recall needs two N x D matrices of equal D, got {tuple(g.shape)} and "
+                         f"{tuple(r.shape)}")
+    check_knn_args([g.shape[0], r.shape[0]], k)
+    return g, r
+
+
 def precision_recall(generated: Array, real: Array, k: int = 3, block: int = 4096) -> dict:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls, k=3 by default.
 
     Precision: share of generated samples inside some real sample's k-NN ball; recall: share of real
     samples inside some generated sample's ball. Memory is bounded by ``block`` rows of distances.
     """
-    g, r = _t64(generated), _t64(real)
-    if g.dim() != 2 or r.dim() != 2 or g.shape[1] != r.shape[1]:
-        raise ValueError(f"precision/recall needs two N x D matrices of equal D, got {tuple(g.shape)} and "
-                         f"{tuple(r.shape)}")
-    if min(g.shape[0], r.shape[0]) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got "
-                         f"{g.shape[0]} and {r.shape[0]}")
+    g, r = _pair(generated, real, k)
     precision = float(_covered(g, r, _kth_radius(r, k, block), block).double().mean())
     recall = float(_covered(r, g, _kth_radius(g, k, block), block).double().mean())
     return {"precision": precision, "recall": recall, "k": k}
+
+
+def prdc(generated: Array, real: Array, k: int = 5, block: int = 4096) -> dict:
+    """Precision, recall (Kynkäänniemi et al. 2019) and density, coverage (Naeem et al. 2020), k-NN balls.
+
+    With B(x, r_k(x)) the ball around a sample reaching its k-th nearest neighbour in its own set:
+    precision = share of generated samples in some real ball; recall = share of real samples in some
+    generated ball; density = (1 / kM) sum over the M generated samples of the number of real balls that
+    hold it (1 on average when the sets match, more when samples crowd the real modes); coverage = share
+    of real balls that hold at least one generated sample. k = 5 by default, as Naeem et al. A point on
+    a ball's surface counts as inside. Memory is bounded by ``block`` rows of distances.
+    """
+    g, r = _pair(generated, real, k)
+    real_radii = _kth_radius(r, k, block)
+    held = torch.cat([(torch.cdist(b, r) <= real_radii[None, :]).sum(dim=1) for b in g.split(block)])
+    nearest = torch.cat([torch.cdist(b, g).min(dim=1).values for b in r.split(block)])
+    return {"precision": float((held > 0).double().mean()),
+            "recall": float(_covered(r, g, _kth_radius(g, k, block), block).double().mean()),
+            "density": float(held.double().sum() / (k * g.shape[0])),
+            "coverage": float((nearest <= real_radii).double().mean()), "k": k}
