@@ -72,19 +72,20 @@ def keras_files(tmp_path_factory):
             layer.set_weights([v.astype("float32") for v in values])
     folder = tmp_path_factory.mktemp("keras")
     model.save_weights(str(folder / "k3.weights.h5"))
+    model.save(str(folder / "k3.keras"))   # the Keras 3 archive: a zip holding model.weights.h5
     with h5py.File(folder / "k2.h5", "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)   # the Keras 2 save_weights layout
     # The Keras 2 model.save layout: the same groups under model_weights/.
     legacy_h5_format.save_model_to_hdf5(model, str(folder / "k2full.h5"))
     x = rng.standard_normal((2, SIZE, SIZE, 3)).astype("float32")
     pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
-    return {"k3": folder / "k3.weights.h5", "k2": folder / "k2.h5", "k2full": folder / "k2full.h5",
+    return {"k3": folder / "k3.weights.h5", "k3archive": folder / "k3.keras", "k2": folder / "k2.h5", "k2full": folder / "k2full.h5",
             "x": torch.from_numpy(x),
             "logits": torch.from_numpy(keras.ops.convert_to_numpy(model(x))),
             "features": torch.from_numpy(keras.ops.convert_to_numpy(pooled(x)))}
 
 
-@pytest.mark.parametrize("kind", ["k2", "k2full", "k3"])
+@pytest.mark.parametrize("kind", ["k2", "k2full", "k3", "k3archive"])
 def test_keras_parity(keras_files, tmp_path, kind):
     out = tmp_path / "keras.safetensors"
     result = convert(keras_files[kind], "keras", out)

@@ -6,24 +6,54 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..models.builder import build_model
+from ..models.builder import ARCHS, build_model
 from .errors import WeightsError
 from .hub import fetch_verified, sha256_file, sha_matches
 from .io import ModelMeta, read_state_dict
 from .preprocess import Preprocess
-from .registry import REGISTRY, WeightsEntry
+from .registry import REGISTRY, WeightsEntry, imagenet_class_names
 
 log = logging.getLogger(__name__)
 
 # The first conv, whose input channels say in_chans, and the classifier, whose rows say num_classes.
 _FIRST_CONV = {"inception_v3": "Conv2d_1a_3x3.conv.weight", "inception_mini": "conv1.weight"}
 _CLASSIFIER = "fc.weight"
+_HEADS = ("fc.", "AuxLogits.")   # what differs between files of one arch: the class count, the aux head
+
+
+@cache
+def _signature(arch: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of an arch's backbone (heads left out), from a model built on the meta device: what
+    identifies a file's network, where a single key name (conv1.weight) is common to many."""
+    kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
+    with torch.device("meta"):
+        model = build_model(arch, **kwargs)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_HEADS)}
+
+
+def _fit(sd: Mapping[str, torch.Tensor], arch: str) -> float:
+    """The share of ``arch``'s backbone tensors the file holds under the same name and shape (the first
+    conv's input channels aside), less the share of the file's backbone keys the arch lacks."""
+    sig = _signature(arch)
+    first = _FIRST_CONV.get(arch)
+
+    def same(key: str) -> bool:
+        got = tuple(sd[key].shape)
+        want = sig[key]
+        if key == first and len(got) == len(want) == 4:
+            return got[0] == want[0] and got[2:] == want[2:]
+        return got == want
+
+    found = sum(1 for k in sig if k in sd and same(k))
+    foreign = sum(1 for k in sd if k not in sig and not k.startswith(_HEADS))
+    return found / len(sig) - foreign / max(1, len(sd))
 
 
 def _resolve(name_or_path: str | os.PathLike, progress: bool = True
@@ -86,13 +116,18 @@ def _mismatch(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tenso
 def _hint(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], arch: str,
           missing: list[str], unexpected: list[str], misshaped: list[str]) -> str:
     hints = []
-    if len(missing) > len(model_sd) // 2:
-        guess = _infer_arch(sd)
-        looks = f", the file looks like {guess}" if guess else ""
+    guess = _infer_arch(sd)
+    if guess is not None and guess != arch or guess is None and len(missing) > len(model_sd) // 2:
+        looks = f", the file looks like {guess}" if guess else ", and the file matches no known network"
         hints.append(f"wrong --arch? the model is {arch}{looks}")
-    if _CLASSIFIER in misshaped:
-        hints.append(f"class count differs (file {sd[_CLASSIFIER].shape[0]}, model "
-                     f"{model_sd[_CLASSIFIER].shape[0]}): use --num-classes or reset the classifier")
+    elif _CLASSIFIER in misshaped:
+        file_fc, model_fc = sd[_CLASSIFIER].shape, model_sd[_CLASSIFIER].shape
+        if file_fc[0] != model_fc[0]:
+            hints.append(f"class count differs (file {file_fc[0]}, model {model_fc[0]}): use --num-classes "
+                         f"or reset the classifier")
+        if file_fc[1:] != model_fc[1:]:
+            hints.append(f"the classifier's input width differs (file {tuple(file_fc[1:])}, model "
+                         f"{tuple(model_fc[1:])}): the file is for another network")
     if any(k.startswith("AuxLogits.") for k in unexpected):
         hints.append("the file has an aux head: build with aux_logits=True, or load non-strict to drop it")
     if any(k.startswith("AuxLogits.") for k in missing) and not any(k.startswith("AuxLogits.") for k in sd):
@@ -159,6 +194,10 @@ def _meta_for(meta: dict, entry: WeightsEntry | None, arch: str, model_config: d
     names = meta.get("class_names") if keep_names else None
     if names is None and keep_names and entry is not None and entry.num_classes == num_classes:
         names = entry.categories()
+    if names is None and keep_names and entry is None and not meta and arch == "inception_v3":
+        names = imagenet_class_names(num_classes)   # a bare torchvision/timm state dict
+        if names is not None:
+            log.info("%s: a bare 1000-class state dict; using the ImageNet class names", source)
     if names is not None and len(names) != num_classes:
         log.warning("%s: %d class names for %d classes; ignoring the names", source, len(names), num_classes)
         names = None
@@ -197,19 +236,19 @@ def load_weights(model: nn.Module, name_or_path: str | os.PathLike, strict: bool
 
 
 def _infer_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
-    if "conv1.weight" in sd or any(k.startswith("inception1.") for k in sd):
-        return "inception_mini"
-    if _FIRST_CONV["inception_v3"] in sd:
-        return "inception_v3"
-    return None
+    """The arch whose backbone signature (key names and shapes) the file fits best, if it fits more than
+    half of one."""
+    score, arch = max((_fit(sd, a), a) for a in ARCHS)
+    return arch if score > 0.5 else None
 
 
 def infer_config(sd: Mapping[str, torch.Tensor], label: str) -> tuple[str, dict]:
     """(arch, constructor kwargs) of a bare torchvision/timm/our state dict, from its keys and shapes."""
     arch = _infer_arch(sd)
-    if arch is None or _CLASSIFIER not in sd:
-        raise WeightsError(f"{label}: does not look like an InceptionV3 state dict (no "
-                           f"{_FIRST_CONV['inception_v3']!r} or {_CLASSIFIER!r}; first keys: {list(sd)[:5]})")
+    if arch is None or _CLASSIFIER not in sd or _FIRST_CONV[arch] not in sd or sd[_CLASSIFIER].ndim != 2:
+        raise WeightsError(f"{label}: does not look like an InceptionV3 state dict (its keys and shapes fit "
+                           f"neither {' nor '.join(ARCHS)}, or it has no {_CLASSIFIER!r}; first keys: "
+                           f"{list(sd)[:5]})")
     config: dict[str, Any] = {"num_classes": int(sd[_CLASSIFIER].shape[0]),
                               "in_chans": int(sd[_FIRST_CONV[arch]].shape[1])}
     if arch == "inception_v3":

@@ -144,6 +144,12 @@ _ENTRIES = (
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
 
 
+def imagenet_class_names(num_classes: int) -> list[str] | None:
+    """The ImageNet-1k class names (index order of torchvision, timm and Keras alike) for a 1000-class
+    network that carries no names of its own; None for any other class count."""
+    return REGISTRY["imagenet"].categories() if num_classes == 1000 else None
+
+
 def get_entry(name: str) -> WeightsEntry:
     """The registry entry called ``name``."""
     try:

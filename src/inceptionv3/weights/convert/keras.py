@@ -1,4 +1,5 @@
-"""Keras InceptionV3 weights (Keras 2 ``.h5`` from ``save_weights`` / ``save``, Keras 3 ``.weights.h5``).
+"""Keras InceptionV3 weights (Keras 2 ``.h5`` from ``save_weights`` / ``save``, Keras 3 ``.weights.h5``,
+and Keras 3 ``.keras`` archives, a zip holding ``model.weights.h5``).
 
 The key map: ``conv2d[_k]`` -> the k-th ``*.conv.weight`` of ``conv_order()`` (kernel HWIO -> OIHW,
 transposed); ``batch_normalization[_k]`` -> the k-th ``*.bn``: beta -> bias, moving_mean -> running_mean,
@@ -10,9 +11,11 @@ the model is built with ``count_include_pad=False``; Keras has no aux head.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +67,11 @@ def _read_keras_layers(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         raise ImportError("reading Keras .h5 files needs h5py: pip install h5py") from None
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
+    source: Path | io.BytesIO = path
+    if zipfile.is_zipfile(path):
+        source = _keras_archive_weights(path)
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(source, "r") as f:
             keras3 = "layers" in f and "layer_names" not in f.attrs
             if keras3:
                 # Keras 3 .weights.h5: layers/<name>/vars/<i>, variables in creation order.
@@ -95,6 +101,21 @@ def _read_keras_layers(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
     except OSError as e:
         raise WeightsError(f"{path}: not a readable HDF5 file ({e}); it may be truncated") from None
     return layers, keras3
+
+
+_ARCHIVE_WEIGHTS = "model.weights.h5"   # where a Keras 3 .keras archive keeps its weights
+
+
+def _keras_archive_weights(path: Path) -> io.BytesIO:
+    """The weights file inside a Keras 3 ``.keras`` archive, in memory (h5py reads file-like objects)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if _ARCHIVE_WEIGHTS not in z.namelist():
+                raise WeightsError(f"{path}: a zip archive without {_ARCHIVE_WEIGHTS}; not a Keras 3 .keras "
+                                   f"file (save one with model.save('model.keras'))")
+            return io.BytesIO(z.read(_ARCHIVE_WEIGHTS))
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WeightsError(f"{path}: unreadable .keras archive ({e}); it may be truncated") from None
 
 
 def _name_keras3_vars(layer: str, values: list) -> dict[str, torch.Tensor]:

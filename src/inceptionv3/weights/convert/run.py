@@ -11,7 +11,7 @@ from ..errors import WeightsError
 from ..hub import sha256_file
 from ..io import save_model
 from ..load import apply_state_dict, entry_for_sha
-from ..registry import TF_PREPROCESS
+from ..registry import TF_PREPROCESS, imagenet_class_names
 from . import SOURCES
 from .keras import keras_config, keras_state_dict
 from .pytorch import torch_preprocess, torch_state_dict
@@ -56,6 +56,8 @@ def convert(src: str | os.PathLike, source: str, out: str | os.PathLike, num_cla
             preprocess = entry.preprocess if entry is not None else torch_preprocess(source, str(src))
         if entry is not None and entry.num_classes == config["num_classes"]:
             names = entry.categories()
+        elif source != "fid":   # Keras, torchvision and timm order ImageNet's classes alike
+            names = imagenet_class_names(config["num_classes"])
     model = build_model("inception_v3", **config, init_weights=False)
     apply_state_dict(model, sd, str(src), strict=True)   # every key and shape checked
     path = save_model(model, out, class_names=names, preprocess=preprocess,
