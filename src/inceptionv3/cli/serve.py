@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import socket
 import sys
 
@@ -42,6 +44,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server(config):
+    """A uvicorn server whose SIGTERM/SIGINT stop it after the requests in flight and return here (uvicorn's
+    own handling re-raises the signal after the drain, which kills the process before it can exit 0)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            def stop(sig: int, frame: object) -> None:
+                print(f"inceptionv3 serve: {signal.Signals(sig).name}: answering the requests in flight, "
+                      "refusing new ones (again: stop now)", file=sys.stderr, flush=True)
+                self.handle_exit(sig, frame)
+            previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -52,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(config)   # loads the model before the server answers anything
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=config.access_log,
-                                           timeout_graceful_shutdown=30, lifespan="on"))
+    server = _server(uvicorn.Config(app, log_config=None, access_log=config.access_log,
+                                    timeout_graceful_shutdown=30, lifespan="on"))
     print(f"inceptionv3 serve: {config.model_name} on http://{shown}:{port}  (page: /, API: /docs, "
           f"token: {'required' if config.token else 'none'})", flush=True)
     server.run(sockets=[sock])

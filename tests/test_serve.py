@@ -1,0 +1,323 @@
+"""``inceptionv3 serve`` over real HTTP on 127.0.0.1: the REST endpoints against ``predict`` on the same files,
+the limits (413, 422, 401, 400, 503), disconnecting clients, a burst of 200 requests, the metrics, the
+reference page, nothing written to disk, and the command itself (address printed, SIGTERM drains)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from test_serve_fixtures import CLASSES, make_images, make_weights, running_server
+
+from inceptionv3.cli.main import main
+from inceptionv3.serve.config import ServeConfig
+from inceptionv3.tasks.predict import predict
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("serve")
+    weights = make_weights(root / "model.safetensors")
+    images = make_images(root / "images")
+    expected = {Path(r["path"]).name: r["predictions"]
+                for r in predict(images, weights=weights, top_k=3, workers=0)}
+    return {"weights": weights, "images": images, "expected": expected, "root": root}
+
+
+@pytest.fixture(scope="module")
+def server(files, tmp_path_factory):
+    # Every temporary file Python's tempfile makes in the server goes here: it must stay empty.
+    spool = tmp_path_factory.mktemp("spool")
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(spool)
+    config = ServeConfig(weights=str(files["weights"]), port=0, token=TOKEN, max_batch=32, max_delay_ms=2,
+                         max_queue=256, max_upload_mb=1, top_k=3)
+    try:
+        with running_server(config) as running:
+            running.spool = spool
+            yield running
+    finally:
+        tempfile.tempdir = saved
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+        yield c
+
+
+def _close(a: list[dict], b: list[dict]) -> bool:
+    return ([p["index"] for p in a] == [p["index"] for p in b] and [p["label"] for p in a] == [p["label"] for p in b]
+            and np.allclose([p["probability"] for p in a], [p["probability"] for p in b], atol=1e-5))
+
+
+def test_predict_raw_and_multipart_match_the_predict_command(client, files):
+    first = files["images"][0]
+    r = client.post("/v1/predict", content=first.read_bytes(), headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    [one] = r.json()
+    assert one["path"] == "body" and _close(one["predictions"], files["expected"][first.name])
+    r = client.post("/v1/predict?top_k=2",
+                    files=[("file", (p.name, p.read_bytes())) for p in files["images"][:3]])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [g["path"] for g in got] == [p.name for p in files["images"][:3]]
+    for g in got:
+        assert len(g["predictions"]) == 2 and _close(g["predictions"], files["expected"][g["path"]][:2])
+    assert {p["label"] for g in got for p in g["predictions"]} <= set(CLASSES)
+
+
+def test_features_and_explain(client, files):
+    data = files["images"][1].read_bytes()
+    r = client.post("/v1/features", content=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["layer"] == "pool" and body["dim"] == 2048 and len(body["results"][0]["features"]) == 2048
+    r = client.post("/v1/features?layer=Mixed_6e", files=[("file", ("a.jpg", data)), ("file", ("b.jpg", data))])
+    assert r.status_code == 200 and r.json()["dim"] == 768
+    a, b = (row["features"] for row in r.json()["results"])
+    assert np.allclose(a, b, atol=1e-5)
+    r = client.post("/v1/features?layer=nope", content=data)
+    assert r.status_code == 400 and "unknown layer 'nope'" in r.json()["detail"]
+
+    r = client.post("/v1/explain?target=fish&layer=Mixed_6e", content=data)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-target"] == "2"
+    assert Image.open(io.BytesIO(r.content)).size == (75, 75)
+    r = client.post("/v1/explain?format=json&layer=Mixed_6e", content=data)
+    assert r.status_code == 200, r.text
+    [m] = r.json()
+    heat = np.asarray(m["map"])
+    assert heat.shape == (75, 75) and 0 <= heat.min() and heat.max() <= 1
+    assert m["target"] == files["expected"][files["images"][1].name][0]["index"]
+    r = client.post("/v1/explain?target=whale", content=data)
+    assert r.status_code == 400 and "whale" in r.json()["detail"]
+
+
+def _raw(port: int, request: bytes, read: bool = True, timeout: float = 30) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        if not read:
+            return b""
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_oversized_uploads_are_refused_before_the_body_is_read(server, client):
+    # A body announced larger than the limit: the answer comes without a byte of it being sent.
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: image/png\r\nContent-Length: {10**9}\r\nConnection: close\r\n\r\n").encode()
+    reply = _raw(server.port, head)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"upload limit of 1 MB" in reply
+    # No length given (chunked): counted while it streams, refused past the limit.
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536
+    r = client.post("/v1/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413
+
+
+def test_bad_images_get_422_with_the_reason(client, files, monkeypatch):
+    r = client.post("/v1/predict", content=b"this is not an image", headers={"content-type": "image/png"})
+    assert r.status_code == 422 and r.json()["detail"] == "body: not an image PIL can read"
+    whole = files["images"][0].read_bytes()
+    r = client.post("/v1/predict", files=[("file", ("good.png", whole)), ("file", ("cut.png", whole[:300]))])
+    assert r.status_code == 422 and "cut.png: truncated or corrupt image data" in r.json()["detail"]
+    assert "good.png" not in r.json()["detail"]
+    # A decompression bomb: more pixels than PIL's limit (lowered here, the server runs in this process).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)
+    r = client.post("/v1/predict", content=whole)
+    assert r.status_code == 422 and "decompression-bomb limit" in r.json()["detail"]
+
+
+def test_token_is_required_and_checked(server, files):
+    data = files["images"][0].read_bytes()
+    with httpx.Client(base_url=server.url, timeout=60) as anon:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            r = anon.post("/v1/predict", content=data, headers=headers)
+            assert r.status_code == 401 and "token" in r.json()["detail"]
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert anon.get("/metrics").status_code == 401
+        assert anon.get("/v2/models/model").status_code == 401
+        # The page, the reference and the probes stay open.
+        for path in ("/", "/docs", "/openapi.json", "/static/app.js", "/v2/health/live", "/v2/health/ready"):
+            assert anon.get(path).status_code == 200, path
+
+
+def test_malformed_requests_get_400(client):
+    r = client.post("/v1/predict", json={"image": "x"})
+    assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    r = client.post("/v1/predict", content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "empty request body" in r.json()["detail"]
+    r = client.post("/v1/predict", data={"note": "no file"}, files=[])
+    assert r.status_code == 400
+    r = client.post("/v1/predict", files={"note": (None, "text only")})
+    assert r.status_code == 400 and "no files" in r.json()["detail"]
+    r = client.post("/v1/predict?top_k=0", content=b"x")
+    assert r.status_code == 400 and "top_k" in r.json()["detail"]
+
+
+def _block_engine(server) -> threading.Event:
+    """Occupy the engine's one thread until the event is set (so requests queue up behind it)."""
+    release = threading.Event()
+    server.service.compute.submit(release.wait, 30)
+    return release
+
+
+def test_full_queue_answers_503_with_retry_after(server, client, files):
+    batcher = server.service.batchers["logits"]
+    data = files["images"][0].read_bytes()
+    release = _block_engine(server)
+    old = batcher.max_queue
+    batcher.max_queue = 1
+    try:
+        async def burst():
+            async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as ac:
+                tasks = [asyncio.create_task(ac.post("/v1/predict", content=data)) for _ in range(4)]
+                await asyncio.sleep(1.0)
+                release.set()
+                return await asyncio.gather(*tasks)
+        replies = asyncio.run(burst())
+    finally:
+        batcher.max_queue = old
+        release.set()
+    codes = sorted(r.status_code for r in replies)
+    assert 503 in codes and 200 in codes, codes
+    busy = next(r for r in replies if r.status_code == 503)
+    assert int(busy.headers["retry-after"]) >= 1 and "queue is full" in busy.json()["detail"]
+
+
+def test_clients_that_leave_do_not_stall_the_batcher(server, client, files):
+    data = files["images"][2].read_bytes()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    # Mid-upload: half the body, then gone.
+    _raw(server.port, head + data[: len(data) // 2], read=False)
+    # Mid-batch: the whole request, then gone while the engine is busy and its image waits.
+    release = _block_engine(server)
+    _raw(server.port, head + data, read=False)
+    time.sleep(0.5)
+    release.set()
+    t0 = time.monotonic()
+    r = client.post("/v1/predict", content=data)
+    assert r.status_code == 200 and _close(r.json()[0]["predictions"], files["expected"][files["images"][2].name])
+    assert time.monotonic() - t0 < 20
+    assert server.service.batchers["logits"].waiting == 0
+
+
+def test_a_burst_of_200_requests_is_answered_fully_and_correctly(server, files):
+    images = files["images"]
+    blobs = [p.read_bytes() for p in images]
+
+    async def burst():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120, limits=limits) as ac:
+            return await asyncio.gather(*(ac.post("/v1/predict", files={"file": (images[i % len(images)].name,
+                                                                                  blobs[i % len(images)])})
+                                          for i in range(200)))
+    replies = asyncio.run(burst())
+    assert [r.status_code for r in replies] == [200] * 200
+    for i, r in enumerate(replies):
+        [got] = r.json()
+        name = images[i % len(images)].name
+        assert got["path"] == name and _close(got["predictions"], files["expected"][name]), i
+
+
+def test_metrics_count_requests_errors_and_batches(client):
+    text = client.get("/metrics").text
+    assert 'inceptionv3_requests_total{route="/v1/predict",status="200"}' in text
+    for kind in ("too_large", "bad_image", "unauthorized", "bad_request"):
+        assert f'inceptionv3_errors_total{{kind="{kind}"}}' in text, kind
+    assert 'inceptionv3_batch_size_bucket{le="32.0",output="logits"}' in text
+    assert "inceptionv3_request_seconds_bucket" in text and 'inceptionv3_queue_depth{output="logits"}' in text
+    count = float(next(line.split()[-1] for line in text.splitlines()
+                       if line.startswith('inceptionv3_images_total{output="logits"}')))
+    assert count >= 200
+
+
+def test_openapi_and_pages_use_no_external_resources(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/features", "/v1/explain", "/v2/models/{name}/infer", "/metrics"):
+        assert path in spec["paths"], path
+    for path in ("/", "/docs", "/static/app.js", "/static/docs.js", "/static/style.css"):
+        body = client.get(path).text
+        assert "http://" not in body and "https://" not in body and "//cdn" not in body, path
+    assert client.get("/redoc").status_code == 404   # FastAPI's CDN-loading pages are off
+
+
+def test_the_server_wrote_nothing_to_disk(server, files):
+    assert list(server.spool.iterdir()) == []
+    home = Path(os.environ["INCEPTIONV3_HOME"])
+    assert not home.exists() or not any(p.is_file() for p in home.rglob("*"))
+    assert sorted(p.name for p in files["root"].iterdir()) == ["images", "model.safetensors"]
+
+
+def test_bad_flags_are_one_line_errors(files, capsys):
+    assert main(["serve", "--weights", str(files["weights"]), "--max-batch", "0"]) == 2
+    assert "--max-batch must be an integer >= 1" in capsys.readouterr().err
+    assert main(["serve", "--weights", str(files["root"] / "missing.safetensors")]) == 2
+    assert "no such weights file" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--weights", str(files["weights"]), "--port", str(port)]) == 2
+        assert "cannot listen there" in capsys.readouterr().err
+
+
+def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
+    weights = make_weights(tmp_path / "w" / "mini.safetensors", arch="inception_mini")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = dict(os.environ, INCEPTIONV3_NUM_THREADS="1", INCEPTIONV3_TOKEN=TOKEN)
+    proc = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights),
+                             "--port", "0", "--max-delay-ms", "1000"], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "mini on http://127.0.0.1:" in line and "token: required" in line, line + proc.stderr.read()
+        url = line.split(" on ", 1)[1].split()[0]
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
+            for _ in range(200):   # the address prints as the server starts; wait for it to answer
+                try:
+                    if c.get("/v2/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            result = {}
+            # In flight: its image waits in the batcher (1 s of --max-delay-ms) when SIGTERM comes.
+            t = threading.Thread(target=lambda: result.update(r=c.post("/v1/predict",
+                                                                       content=files["images"][0].read_bytes())))
+            t.start()
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            t.join(60)
+        assert result["r"].status_code == 200
+        assert [p["label"] for p in result["r"].json()[0]["predictions"]] != []
+        assert proc.wait(60) == 0
+        assert "SIGTERM: answering the requests in flight" in proc.stderr.read()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/v2/health/live", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(work.iterdir()) == []
