@@ -3,6 +3,7 @@ unavailable choices and short calibration sets fail with one clear message; expo
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ def test_auto_backend_policy(monkeypatch):
     assert resolve_backend("auto", "bf16", "cpu", "pool", images=big) == "openvino"
 
 
-def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
+def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch, caplog):
     model = _model("inception_mini")
     x = torch.randn(3, 3, 75, 75)
     with torch.no_grad():
@@ -186,6 +187,23 @@ def test_onnxruntime_equals_torch_and_reuses_its_cache(monkeypatch):
         other.fc.bias.add_(1.0)
     with pytest.raises(AssertionError, match="exported again"):
         build_engine(other, output="pool", backend="onnxruntime")(x)
+
+    # A damaged cached graph (truncated, emptied, altered) fails its recorded digest: a warning names it
+    # and it is built again, never a traceback. The rebuild is the real code path; only the exporter's
+    # seconds are spared (it writes what it wrote the first time).
+    assert cached.with_name(cached.name + ".sha256").read_text().strip() == engine_mod.file_sha256(cached)
+    good, exports = cached.read_bytes(), []
+    monkeypatch.setattr(engine_mod, "export_onnx", lambda *a: (exports.append(a), a[-1].write_bytes(good)))
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b[:-1] + bytes([b[-1] ^ 1])):
+        cached.write_bytes(damage(cached.read_bytes()))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert _rel(build_engine(model, output="pool", backend="onnxruntime")(x), want["pool"]) < 1e-4
+        assert str(cached) in caplog.text and "building it again" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_engine(model, output="pool", backend="onnxruntime")(x)
+    assert "building it again" not in caplog.text and len(exports) == 3   # the rebuilt file passes its check
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -334,3 +352,18 @@ def test_features_and_evaluate_run_the_engine(tmp_path):
     assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="int8 needs calibration"):
         evaluate("digits", str(weights), workers=0, device="cpu", precision="int8")
+
+
+def test_engine_line_says_what_was_fused_and_is_logged_by_rank_0_only(monkeypatch, caplog):
+    mini = build_model("inception_mini", num_classes=3).eval()       # the seed network has no batch norm
+    assert not fuse.has_batch_norm(mini)
+    with caplog.at_level(logging.INFO, logger="inceptionv3.engine.engine"):
+        line = build_engine(mini).describe()
+    assert "BN" not in line and "engine: " + line.split(", built")[0] in caplog.text
+    assert "fused BN" in build_engine(_model("inception_v3")).describe()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inceptionv3.engine.engine"):
+        build_engine(mini)
+    assert "engine:" not in caplog.text     # under torchrun rank 0 says it once

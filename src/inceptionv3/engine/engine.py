@@ -16,10 +16,12 @@ quantized by ONNX Runtime's static quantizer (per-channel weights, calibrated; s
 onnxruntime installed too).
 
 Exported graphs are cached under ``$INCEPTIONV3_HOME/cache/engines`` keyed by a digest of the weights,
-input shape, output, precision and calibration images, so the export cost is paid once.
+input shape, output, precision and calibration images, so the export cost is paid once; each file's sha256
+is recorded beside it and checked before use, and a file that fails the check is built again.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,12 +34,13 @@ import torch
 from torch import nn
 
 from ..models.taps import TAPS
-from ..runtime.files import atomic_path
+from ..runtime.distributed import env_from_environ
+from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.threads import resolve_device
 from ..weights.hub import cache_dir
 from ..weights.io import state_dict_digest
 from .backends import openvino_session, ort_session, quantize_int8
-from .fuse import PooledConv, fuse_for_inference
+from .fuse import PooledConv, fuse_for_inference, has_batch_norm, has_fused_siblings
 from .inputs import calibration_tensor
 from .onnx import export_onnx
 from .options import MIN_CALIBRATION_IMAGES, EngineOptions, engine_options
@@ -88,6 +91,7 @@ class Engine:
         self._sessions: dict[tuple[int, int, int], Callable[[np.ndarray], np.ndarray]] = {}
         self.build_seconds = 0.0
         self.cache_files: list[Path] = []
+        self.folded_bn = True      # build_engine says whether the network had batch norm to fold
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
@@ -105,9 +109,15 @@ class Engine:
         arch = getattr(self.module, "arch", type(self.module).__name__)
         extra = f", built in {self.build_seconds:.1f} s" if self.build_seconds else ""
         pools = any(isinstance(m, PooledConv) for m in self.module.modules())
-        graph = ("fused BN + sibling 1x1 convs, channels-last" if self.backend == "torch" else
-                 "BN folded" + (", avg pools after 1x1 convs" if pools else "")
-                 + (", static shapes, one stream per thread" if self.backend == "openvino" else ""))
+        siblings = has_fused_siblings(self.module)
+        if self.backend == "torch":
+            fused = [name for name, done in (("BN", self.folded_bn), ("sibling 1x1 convs", siblings)) if done]
+            graph = ("fused " + " + ".join(fused) + ", " if fused else "") + "channels-last"
+        else:
+            graph = ", ".join([*(["BN folded"] if self.folded_bn else []),
+                               *(["avg pools after 1x1 convs"] if pools else []),
+                               *(["static shapes, one stream per thread"] if self.backend == "openvino" else [])]) \
+                or "plain graph"
         return f"{arch} {self.output} | {self.backend} {self.precision} on {self.device} | {graph}{extra}"
 
     def _session(self, shape: tuple[int, int, int]) -> Callable[[np.ndarray], np.ndarray]:
@@ -124,25 +134,65 @@ class Engine:
         """The ONNX file for this shape, precision and output: from the cache, or exported once."""
         key = _digest(self.module, shape, self.output, self.precision, self.calibration)
         fp32_path = cache_dir() / "cache" / "engines" / f"{key['fp32']}.onnx"
-        if not fp32_path.exists():
+
+        def export(tmp: Path) -> None:
             log.info("exporting the fused graph for %s (once; cached at %s)", "x".join(map(str, shape)), fp32_path)
-            with atomic_path(fp32_path) as tmp:
-                export_onnx(self.head, torch.randn(2, *shape), tmp)
+            export_onnx(self.head, torch.randn(2, *shape), tmp)
+
+        cached_file(fp32_path, export)
         self.cache_files = [fp32_path]
         if self.precision != "int8":
             return fp32_path
         int8_path = fp32_path.with_name(f"{key['int8']}.int8.onnx")
-        if not int8_path.exists():
+
+        def quantize(tmp: Path) -> None:
             if self.calibration is None or self.calibration.shape[1:] != shape:
                 got = "none" if self.calibration is None else "x".join(map(str, self.calibration.shape[1:]))
                 raise ValueError(f"int8 needs calibration images of shape {'x'.join(map(str, shape))} "
                                  f"(got {got}); pass calibration= / --calibration DIR")
             log.info("quantizing to int8 with %d calibration images (once; cached at %s)",
                      len(self.calibration), int8_path)
-            with atomic_path(int8_path) as tmp:
-                quantize_int8(fp32_path, tmp, self.calibration)
+            quantize_int8(fp32_path, tmp, self.calibration)
+
+        cached_file(int8_path, quantize)
         self.cache_files.append(int8_path)
         return int8_path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_file(path: Path, make: Callable[[Path], None]) -> Path:
+    """``path`` from the engine cache if it matches the digest recorded beside it (``PATH.sha256``), else
+    made by ``make(tmp)`` and recorded. A file that fails the check (truncated, emptied, altered) is made
+    again with a warning naming it, so a damaged cache never breaks a run and is never trusted.
+
+    Builds of one file are serialised by a lock beside it, so concurrent runs export it once.
+    """
+    record = path.with_name(path.name + ".sha256")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)      # released when the file closes, or the process dies
+        if path.exists():
+            try:
+                want = record.read_text().strip()
+            except OSError:
+                want = None
+            if want and want == file_sha256(path):
+                return path
+            log.warning("cached engine %s %s; building it again", path,
+                        "has no recorded digest" if not want else "does not match its recorded digest "
+                        "(truncated or altered)")
+            record.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            make(tmp)
+        write_text_atomic(record, file_sha256(path) + "\n")
+    return path
 
 
 def _digest(module: nn.Module, shape: tuple[int, int, int], output: str, precision: str,
@@ -201,6 +251,8 @@ def build_engine(model: nn.Module, output: str = "logits", options: EngineOption
     else:
         fused = fused.cpu()
     engine = Engine(fused, output, precision, backend, dev, calibration)
+    engine.folded_bn = has_batch_norm(model)
     engine.build_seconds = time.perf_counter() - t0
-    log.info("engine: %s", engine.describe())
+    # Under torchrun every rank builds the same engine: one line (rank 0's) says what runs.
+    log.log(logging.INFO if env_from_environ().is_main else logging.DEBUG, "engine: %s", engine.describe())
     return engine

@@ -213,6 +213,16 @@ def fuse_for_inference(model: nn.Module, siblings: bool = True, pool_after_conv:
     return fused.to(memory_format=torch.channels_last)
 
 
+def has_fused_siblings(module: nn.Module) -> bool:
+    """Whether ``fuse_for_inference`` merged sibling 1x1 convs somewhere in ``module``."""
+    return any(isinstance(m, _FusedBlock) for m in module.modules())
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` has batch norm layers (that ``fold_batch_norm`` folds into their convs)."""
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in module.modules())
+
+
 @torch.no_grad()
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """Fold each Conv+BN pair into one biased conv, in place (eval-mode arithmetic; about 1e-6 relative)."""
