@@ -324,9 +324,11 @@ def test_a_planted_symlink_cannot_redirect_a_write(tmp_path, monkeypatch):
     monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(tokens))
     planted = temp_name(dest)   # the first name the writer will try
     os.symlink(victim, planted)
+    os.symlink(victim, dest)    # and the output's own name
     write_text_atomic(dest, "result")
     assert dest.read_text() == "result" and victim.read_text() == "precious"
-    assert planted.is_symlink()   # not ours: left alone
+    assert not dest.is_symlink()   # the link was replaced, its target left alone
+    assert planted.is_symlink()    # not ours: left alone
 
 
 def test_outputs_follow_the_umask(tmp_path):

@@ -87,7 +87,8 @@ def check_resize(width: int, height: int, new_width: int, new_height: int) -> No
 # without the file's name. While this thread decodes a file, the warnings it raises are collected here
 # and logged with the file's name instead. `warnings.catch_warnings` swaps process-wide state and is not
 # thread-safe, so the collection is per thread, behind one hook on `warnings.showwarning` that passes
-# every other warning on unchanged.
+# every other warning on unchanged. Python's filters still apply first: a warning that repeats word for
+# word from the same line of PIL is shown once per process (the default filter), for the first file.
 _collecting = threading.local()
 _hook_lock = threading.Lock()
 

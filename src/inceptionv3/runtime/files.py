@@ -331,9 +331,10 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``dest`` atomically (``atomic_path``)."""
+    """Write ``text`` (UTF-8) to ``dest`` atomically (``atomic_path``). Bytes of file names that are not
+    UTF-8 (held as surrogate escapes) are written back as the bytes they were."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     return Path(dest)
 
 
