@@ -3,8 +3,12 @@ gets one line naming the file and the fix, exit code 2, and no file left half-wr
 (inception_mini, inception_v3 at 75 px) and files generated in tmp_path."""
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import urllib.request
 import zipfile
+from typing import ClassVar
 
 import pytest
 import torch
@@ -15,11 +19,12 @@ from inceptionv3.models.inception import inception_v3
 from inceptionv3.models.mini import inception_mini
 from inceptionv3.tasks import export as export_task
 from inceptionv3.training.state import CHECKPOINT_FORMAT, save_checkpoint
+from inceptionv3.weights import hub
 from inceptionv3.weights import io as weights_io
 from inceptionv3.weights import load as weights_load
 from inceptionv3.weights.errors import WeightsError
 from inceptionv3.weights.preprocess import Preprocess
-from inceptionv3.weights.registry import REGISTRY
+from inceptionv3.weights.registry import REGISTRY, WeightsEntry
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(save|load|script)` is deprecated:FutureWarning")
 PRE = Preprocess(input_size=75, resize_size=86)
@@ -222,3 +227,149 @@ def test_bare_1000_class_state_dict_gets_imagenet_names(tmp_path):
     model = weights_load.load_model(tmp_path / "tv.pth")
     assert model.meta.class_names == REGISTRY["imagenet"].categories()
     assert len(model.meta.class_names) == 1000
+
+
+# ---------------------------------------------------------------------------------------------- downloads
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    files: ClassVar[dict[str, bytes]] = {}   # what the server serves, by path; reset by the fixture
+    hits: ClassVar[list[str]] = []
+    stop = threading.Event()
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        body = self.files.get(self.path.replace("/trickle/", "/").replace("/nolength/", "/"))
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        if self.path.startswith("/nolength/"):   # no Content-Length, and cut off halfway
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path.startswith("/trickle/"):   # one byte now and then: never a read timeout
+            for i in range(len(body)):
+                if self.stop.wait(0.2):
+                    return
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    _Server.files, _Server.hits = {}, []
+    _Server.stop.clear()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _Server
+    _Server.stop.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def _entry(monkeypatch, url: str, sha256: str, name: str = "tiny") -> WeightsEntry:
+    entry = WeightsEntry(name=name, url=url, sha256=sha256, arch="inception_mini", num_classes=10,
+                         categories_file=None, preprocess=PRE, source="test")
+    monkeypatch.setitem(REGISTRY, name, entry)
+    return entry
+
+
+def test_download_deadline_stops_a_trickling_server(server, mini_file, monkeypatch, capsys):
+    url, files = server
+    files.files["/w.safetensors"] = mini_file.read_bytes()
+    entry = _entry(monkeypatch, f"{url}/trickle/w.safetensors", hub.sha256_file(mini_file))
+    monkeypatch.setenv(hub.DEADLINE_ENV, "1")
+    _fails(["weights", "download", "tiny"], capsys, "did not finish within 1 s", hub.DEADLINE_ENV)
+    assert not hub.cache_path(entry).exists() and not list(hub.weights_dir().iterdir())
+    monkeypatch.setenv(hub.DEADLINE_ENV, "soon")
+    _fails(["weights", "download", "tiny"], capsys, f"{hub.DEADLINE_ENV}='soon'")
+
+
+def test_trust_on_first_use_never_pins_a_truncated_file(server, mini_file, monkeypatch, capsys):
+    url, files = server
+    files.files["/w.safetensors"] = mini_file.read_bytes()
+    entry = _entry(monkeypatch, f"{url}/nolength/w.safetensors", "")
+    _fails(["weights", "download", "tiny", "--trust-on-first-use"], capsys, "not usable weights",
+           "not pinned")
+    assert not hub.cache_path(entry).exists() and not hub.pins_file().exists()
+
+
+def test_wrong_file_in_the_cache_is_named(mini_file, monkeypatch, capsys):
+    # Offline (nothing listens on port 9), with a wrong file placed where the download would go.
+    entry = _entry(monkeypatch, "http://127.0.0.1:9/w.safetensors", "ab" * 32)
+    placed = hub.cache_path(entry)
+    placed.write_bytes(mini_file.read_bytes())
+    err = _fails(["info", "--weights", "tiny"], capsys, str(placed), "not the right file",
+                 hub.sha256_file(placed), "ab" * 32)
+    assert "place it as" not in err and placed.is_file()   # the user's file is named, not deleted
+
+
+def test_published_prefix_gets_its_full_digest_recorded(server, mini_file, monkeypatch):
+    url, files = server
+    body = mini_file.read_bytes()
+    files.files["/w.safetensors"] = body
+    full = hub.sha256_file(mini_file)
+    entry = _entry(monkeypatch, f"{url}/w.safetensors", full[:8])
+    assert hub.fetch(entry, progress=False) == hub.cache_path(entry)
+    assert json.loads(hub.pins_file().read_text())[entry.url] == full
+    # From now on all 64 digits are checked: a changed file is refused by the full digest.
+    hub.cache_path(entry).write_bytes(b"damaged")
+    files.files["/w.safetensors"] = body[:-1] + b" "
+    with pytest.raises(WeightsError, match=f"expected {full}"):
+        hub.fetch(entry, progress=False)
+
+
+def test_redirect_from_https_to_http_is_refused():
+    handler = hub._NoDowngrade()
+    request = urllib.request.Request("https://example.org/w.pth")
+    with pytest.raises(WeightsError, match="not https; refused"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://example.org/w.pth")
+    assert handler.redirect_request(request, None, 302, "Found", {}, "https://mirror.example.org/w.pth")
+
+
+def test_torch_hub_copy_is_used_in_place(server, mini_file, tmp_path, monkeypatch, capsys):
+    url, files = server
+    entry = _entry(monkeypatch, f"{url}/inception_v3_google-0cc3c7bd.pth", hub.sha256_file(mini_file))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    copy = tmp_path / "torch" / "hub" / "checkpoints" / entry.file_name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(mini_file.read_bytes())
+    assert main(["weights", "download", "tiny"]) == 0
+    assert capsys.readouterr().out.strip() == str(copy) and files.hits == []
+    copy.write_bytes(b"not it")   # a torch hub file that fails the hash is ignored, and left alone
+    files.files[f"/{entry.file_name}"] = mini_file.read_bytes()
+    assert main(["weights", "download", "tiny"]) == 0
+    assert capsys.readouterr().out.strip() == str(hub.cache_path(entry)) and copy.read_bytes() == b"not it"
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_command_lists_and_clears_only_its_files(mini_file, monkeypatch, capsys):
+    entry = _entry(monkeypatch, "https://example.org/w.safetensors", hub.sha256_file(mini_file))
+    hub.cache_path(entry).write_bytes(mini_file.read_bytes())
+    hub.pins_file().write_text("{}\n")
+    mine = hub.weights_dir() / "my-notes.txt"
+    mine.write_text("keep me")
+    engines = hub.cache_dir() / "cache" / "engines"
+    engines.mkdir(parents=True)
+    graph = engines / ("0" * 32 + ".onnx")
+    graph.write_bytes(b"graph")
+    (engines / (graph.name + ".sha256")).write_text("00\n")
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "weights     2 file(s)" in out and "engines     2 file(s)" in out and "did not make" in out
+    assert main(["cache", "clear", "--engines"]) == 0
+    assert not list(engines.iterdir()) and hub.cache_path(entry).is_file()
+    assert main(["cache", "clear"]) == 0
+    assert "left 1 file(s) inceptionv3 did not make" in capsys.readouterr().out
+    assert [p.name for p in hub.weights_dir().iterdir()] == ["my-notes.txt"]
