@@ -181,6 +181,13 @@ def _scale_percentile(m: torch.Tensor) -> torch.Tensor:
     return (m / top).clamp(0, 1)
 
 
+def _fit_window(n: int, side: int, stride: int) -> int:
+    """The window side nearest ``side`` whose strided positions end exactly at ``n``: a window that stops
+    short of the edge would leave the last rows or columns never occluded, and blank in the map."""
+    rest = (n - side) % stride
+    return side + rest if rest <= stride // 2 else side - (stride - rest)
+
+
 def _attribute(model: nn.Module, x: torch.Tensor, targets: list[int], method: str,
                layer: str | None) -> torch.Tensor:
     """N x H x W maps in [0, 1] for ``targets`` (x: N x C x H x W)."""
@@ -209,9 +216,9 @@ def _attribute(model: nn.Module, x: torch.Tensor, targets: list[int], method: st
     # occlusion: how much the class score drops when a patch is set to the mean colour
     side = max(2, round(min(h, w) / 6))
     stride = max(1, side // 2)
-    a = attr.Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], side, side),
-                                        strides=(x.shape[1], stride, stride), baselines=0.0, target=targets,
-                                        perturbations_per_eval=_OCCLUSION_EVALS)
+    windows = (x.shape[1], _fit_window(h, side, stride), _fit_window(w, side, stride))
+    a = attr.Occlusion(model).attribute(x, sliding_window_shapes=windows, strides=(x.shape[1], stride, stride),
+                                        baselines=0.0, target=targets, perturbations_per_eval=_OCCLUSION_EVALS)
     return _scale_max(a.sum(dim=1).clamp_min(0))
 
 
