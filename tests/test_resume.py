@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL mid-epoch + resume gives the uninterrupted run's weights; SIGTERM checkpoints and
-stops cleanly; damaged checkpoints are detected and skipped; NaN steps can be skipped and counted."""
+stops cleanly; damaged checkpoints are detected (and the kept weights named); NaN steps can be skipped and
+counted."""
 from __future__ import annotations
 
 import json
@@ -83,19 +84,24 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, reference,
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     run = Path(cfg.out)
-    assert [p.name for p in checkpoint_candidates(run)] == [
-        "last.pt", "step-00000006.pt", "step-00000005.pt", "step-00000004.pt"]
+    # One full training state; the kept step snapshots are weights only.
+    assert [p.name for p in checkpoint_candidates(run)] == ["last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-00000004.safetensors", "step-00000005.safetensors", "step-00000006.safetensors"]
     assert load_checkpoint(run / "last.pt")["epoch_state"][0]["step"] == 2   # mid-epoch 2
-    # Damage the newest checkpoint as a failing disk would (last.pt and step-6 are one file, hard-linked):
-    # resuming must say so and fall back to step 5 (epoch 2, step 1).
-    data = (run / "last.pt").read_bytes()
-    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    # A copy whose last.pt is damaged as a failing disk would: resuming says so and names the kept weights.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    data = (damaged / "last.pt").read_bytes()
+    (damaged / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"last.pt: unreadable checkpoint .*the newest weights, "
+                                         r".*step-00000006.safetensors, can start a new run"):
+        train(_cfg(damaged, resume=str(damaged), save_every=0), progress=False)
 
     with caplog.at_level(logging.INFO, logger="inceptionv3"):
         result = train(_cfg(run, resume=str(run), save_every=0), progress=False)
     messages = "\n".join(r.getMessage() for r in caplog.records)
-    assert "last.pt: unreadable checkpoint" in messages and "step-00000005.pt instead" in messages
-    assert "epoch 2, step 1 of 4" in messages
+    assert "epoch 2, step 2 of 4" in messages
     got, want = _weights(run), _weights(ref_out)
     assert got.keys() == want.keys()
     for k in want:
@@ -146,7 +152,7 @@ def test_flipped_bytes_are_detected(tmp_path):
 
 def test_resume_refuses_other_settings_and_missing_runs(tmp_path, reference):
     ref_out, _ = reference
-    with pytest.raises(ValueError, match=r"--lr 0.002 \(now 0.01\)"):
+    with pytest.raises(ValueError, match=r"--lr \(the run has 0.002, given 0.01\) cannot change on resume"):
         train(_cfg(ref_out, resume=str(ref_out), lr=0.01), progress=False)
     with pytest.raises(ValueError, match="no checkpoint there"):
         train(_cfg(tmp_path, resume=str(tmp_path)), progress=False)
@@ -155,8 +161,10 @@ def test_resume_refuses_other_settings_and_missing_runs(tmp_path, reference):
 def test_keeps_last_k_checkpoints(reference):
     ref_out, _ = reference
     names = sorted(p.name for p in (ref_out / "checkpoints").iterdir())
-    assert names == ["step-00000006.pt", "step-00000007.pt", "step-00000008.pt"]
-    assert load_checkpoint(ref_out / "checkpoints" / "step-00000008.pt")["epoch"] == 2
+    assert names == ["step-00000006.safetensors", "step-00000007.safetensors", "step-00000008.safetensors"]
+    model = load_model(ref_out / "checkpoints" / "step-00000008.safetensors")
+    ema = load_checkpoint(ref_out / "last.pt")["ema"]["model"]   # the evaluated weights: the EMA's
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
 
 
 def test_skip_nonfinite_counts_skipped_steps(tmp_path, monkeypatch):
@@ -177,7 +185,7 @@ def test_save_minutes_checkpoints_inside_epochs(tmp_path):
     run = tmp_path / "run"
     train(_cfg(run, save_every=0, save_minutes=1e-9, keep_last=20, epochs=1), progress=False)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == [f"step-{s:08d}.pt" for s in (1, 2, 3, 4)]   # steps 1-3 by time, 4 the epoch end
+    assert names == [f"step-{s:08d}.safetensors" for s in (1, 2, 3, 4)]   # steps 1-3 by time, 4 the epoch end
 
 
 def test_cached_linear_probe_stops_and_resumes_exactly(tmp_path, monkeypatch):
@@ -246,7 +254,9 @@ def test_a_run_checkpointed_in_format_1_resumes_to_its_end(tmp_path, capsys, cap
     assert (end.epoch, end.step, end.global_step, end.epoch_state) == (2, 0, 12, None)
     assert end.history == lines and end.class_names == DIGITS
     assert end.best_acc1 == lines[1]["val_acc1"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000006.pt", "step-00000012.pt"]
+    # The old run's full state stays; today's snapshots are weights only.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-00000006.pt", "step-00000012.safetensors"]
     assert any(not torch.equal(end.model[k], v) for k, v in old["model"].items())   # epoch 2 trained
     best = load_model(run / "best.safetensors")
     assert best.meta.class_names == DIGITS and best.arch == "inception_mini"

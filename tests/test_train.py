@@ -221,7 +221,7 @@ def test_config_round_trip_and_validation():
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown TrainConfig key"):
         TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match="--epochs 0: must be an integer >= 1"):
         TrainConfig(data="digits", epochs=0)
 
 
@@ -305,7 +305,7 @@ def test_paper_optimizer_and_step_schedule():
 
 def test_finetune_gives_the_backbone_a_lower_lr():
     model = build_model("inception_mini", num_classes=10)
-    cfg = config.resolve_recipe(TrainConfig(data="digits", recipe="finetune"))
+    cfg = config.resolve_recipe(TrainConfig(data="digits", recipe="finetune", weights="start.safetensors"))
     optimizer, _ = optim.build_optimizer(model, cfg, steps_per_epoch=10)
     assert isinstance(optimizer, torch.optim.SGD)
     head = {id(p) for p in model.fc.parameters()}

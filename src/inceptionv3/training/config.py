@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 FOLDER_CROP_FRACTION = 0.875  # folders: resize to size / 0.875, center-crop size (the Inception eval crop)
+DEFAULT_IMAGE_SIZE = 75       # without --weights: the smallest input the network takes, fast on CPUs
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class TrainConfig:
         "help": "images per optimizer step over all processes (under torchrun each takes an equal share)"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW decay (not on BN or bias parameters)"})
-    image_size: int = field(default=75, metadata={
-        "help": "input side in pixels (>= 75; the aux head needs >= 299)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": f"input side in pixels (>= 75; the aux head needs >= 299; default: the --weights' input "
+                f"size, else {DEFAULT_IMAGE_SIZE})"})
     weights: str | None = field(default=None, metadata={
         "help": "start from these weights (registry name or file); a new class set gets a fresh classifier"})
     aux_logits: bool | None = field(default=None, metadata={
@@ -61,7 +63,10 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={
         "help": "random crops (and flips for folders) while training"})
     resume: str | None = field(default=None, metadata={
-        "help": "continue the run in this folder from its latest good checkpoint (give the run's own flags)"})
+        "help": "continue the run in this folder from its latest good checkpoint, with its saved settings "
+                "(--epochs may grow; where and how it runs may change)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh in an --out folder that holds a run, removing that run's files (only those)"})
     save_every: int = field(default=0, metadata={
         "help": "also checkpoint every this many steps inside an epoch (0: at epoch ends only)"})
     save_minutes: float = field(default=0.0, metadata={
@@ -121,27 +126,56 @@ class TrainConfig:
                 "backbone's features once and train the head on them every epoch"})
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size,
-                    "accum_steps": self.accum_steps}
-        bad = [f"{k}={v!r}" for k, v in positive.items() if not isinstance(v, int) or v < 1]
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            bad.append(f"lr={self.lr!r}")
-        if self.limit is not None and self.limit < 1:
-            bad.append(f"limit={self.limit!r}")
-        if self.save_every < 0 or self.keep_last < 0 or self.save_minutes < 0:
-            bad.append(f"save_every={self.save_every!r}, save_minutes={self.save_minutes!r}, "
-                       f"keep_last={self.keep_last!r}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            bad.append(f"dropout={self.dropout!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            bad.append(f"ema_decay={self.ema_decay!r}")
-        if self.warmup_epochs < 0 or self.backbone_lr_scale < 0:
-            bad.append(f"warmup_epochs={self.warmup_epochs!r}, backbone_lr_scale={self.backbone_lr_scale!r}")
-        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
-            bad.append(f"crop_scale={self.crop_scale!r}")
-        if bad:
-            raise ValueError(f"invalid training config: {', '.join(bad)} "
-                             "(sizes must be positive, counts >= 0, dropout and ema_decay in [0, 1))")
+        problems = [p for p in (self._check_sizes() + self._check_rates()) if p]
+        if self.recipe == "finetune" and self.weights is None:
+            problems.append("--recipe finetune needs --weights (a registry name such as imagenet, or a "
+                            "file) to fine-tune; to train from scratch leave --recipe unset")
+        if self.resume and self.overwrite:
+            problems.append("--overwrite and --resume exclude each other: continue the run, or replace it")
+        if not problems and self.compile_backend != "inductor":
+            problems.append(_check_compile_backend(self.compile_backend))
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _check_sizes(self) -> list[str | None]:
+        """Counts and sizes: each problem as 'flag value: what it must be'."""
+        def at_least(name: str, low: int, optional: bool = False, why: str = "") -> str | None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= low:
+                return None
+            return f"{_flag(name)} {value!r}: must be an integer >= {low}{why}"
+        return [at_least("epochs", 1), at_least("batch_size", 1), at_least("accum_steps", 1),
+                at_least("image_size", 1, optional=True), at_least("limit", 1, optional=True),
+                at_least("workers", 0, optional=True),
+                at_least("threads", 1, optional=True, why=" (leave it unset for the cores left free)"),
+                at_least("save_every", 0, why=" (0: at epoch ends only)"),
+                at_least("keep_last", 0, why=" (0: no step snapshots)")]
+
+    def _check_rates(self) -> list[str | None]:
+        """Rates, fractions and weights: finite and in range."""
+        def in_range(name: str, low: float, high: float = math.inf, low_open: bool = False,
+                     high_open: bool = False, optional: bool = False, why: str = "") -> str | None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (number and math.isfinite(value) and (value > low if low_open else value >= low)
+                    and (value < high if high_open else value <= high)):
+                return None
+            lo = f"> {low:g}" if low_open else f">= {low:g}"
+            hi = "" if high == math.inf else (f" and < {high:g}" if high_open else f" and <= {high:g}")
+            return f"{_flag(name)} {value!r}: must be {lo}{hi}{why}"
+        return [in_range("lr", 0.0, low_open=True),
+                in_range("weight_decay", 0.0), in_range("label_smoothing", 0.0, 1.0, high_open=True),
+                in_range("clip_grad", 0.0, why=" (0: off)"), in_range("aux_weight", 0.0),
+                in_range("val_fraction", 0.0, 1.0, high_open=True), in_range("save_minutes", 0.0, why=" (0: off)"),
+                in_range("dropout", 0.0, 1.0, high_open=True, optional=True),
+                in_range("ema_decay", 0.0, 1.0, high_open=True, why=" (0: off)"),
+                in_range("warmup_epochs", 0.0), in_range("backbone_lr_scale", 0.0),
+                in_range("crop_scale", 0.0, 1.0, low_open=True, optional=True)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +196,19 @@ class TrainConfig:
         if path.is_dir():
             path = path / "config.json"
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_compile_backend(name: str) -> str | None:
+    """A --compile-backend torch.compile does not know, as a problem naming the ones it knows."""
+    from torch._dynamo import list_backends  # only for a backend given by name: the import is slow
+
+    if name in list_backends(exclude_tags=()):
+        return None
+    return f"--compile-backend {name!r}: torch.compile has no such backend; one of {', '.join(list_backends())}"
 
 
 # Named presets: each sets the fields it lists, unless the field was given a non-default value.

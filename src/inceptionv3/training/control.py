@@ -1,9 +1,11 @@
 """How a run stops: SIGINT/SIGTERM after the current step (`stop_on_signals`), a lost torchrun peer
-(`lost_peer`, `PeerLostError`), and deterministic kernels for the run's duration (`determinism`).
+(`lost_peer`, `PeerLostError`), a run that cannot go on (`TrainingFailed`); and what holds for the run's
+duration: deterministic kernels (`determinism`), progress lines from rank 0 only (`main_rank_logs`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -28,6 +30,11 @@ def first_line(e: BaseException) -> str:
     """An exception's first line, at most 200 characters, for one-line messages."""
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return line if len(line) <= 200 else line[:200] + "..."
+
+
+class TrainingFailed(Exception):
+    """The run cannot go on (no image could be read, the loss diverged); the message names the cause and the
+    fix. The checkpoints written before are kept; the CLI prints the message and exits with 1."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -63,6 +70,22 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def main_rank_logs(is_main: bool) -> Iterator[None]:
+    """Under torchrun, the library's INFO lines (set-up, engine, epochs) come from rank 0 only; the other
+    ranks still log warnings. The logger's level is restored after."""
+    log = logging.getLogger(__package__.split(".")[0])
+    if is_main:
+        yield
+        return
+    before = log.level
+    log.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 @contextlib.contextmanager

@@ -26,13 +26,14 @@ from ..engine import resolve
 from ..runtime import distributed as dist_mod
 from ..runtime.distributed import DistEnv
 from .config import TrainConfig
+from .control import TrainingFailed
 from .ema import ModelEma
 from .setup import set_train_mode, unwrap_compiled
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, TrainingFailed):
     """The loss became NaN or Inf: the run diverged (usually the learning rate is too high)."""
 
 
@@ -184,9 +185,9 @@ def optimizer_step(step: Stepper, group: list, st: EpochState,
         where = f"epoch {st.epoch}, step {st.step} (lr {st.lr:.3g})"
         if not cfg.skip_nonfinite:
             raise NonFiniteLossError(
-                f"loss is {loss_value} at {where}; training stopped and the checkpoints of earlier "
-                f"steps are kept. Lower --lr (now {cfg.lr:g}), check the data, or pass "
-                "--skip-nonfinite to skip such steps."
+                f"loss is {loss_value} at {where}: the run diverged and stopped before that step "
+                f"changed the weights. Lower --lr (now {cfg.lr:g}) or clip harder with --clip-grad (now "
+                f"{cfg.clip_grad:g}), check the data, or pass --skip-nonfinite to skip such steps."
             )
         st.nonfinite += 1
         logger.warning("loss is %s at %s: step skipped (%d so far)", loss_value, where, st.nonfinite)

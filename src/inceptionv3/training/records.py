@@ -1,16 +1,18 @@
 """What a run folder records besides checkpoints: metrics.jsonl (one line per epoch), bad_images.txt
-(images skipped), confusion.json (the best epoch's held-out confusion matrix) and TensorBoard events.
+(images skipped), confusion.json (the best epoch's held-out confusion matrix) and TensorBoard events;
+`RUN_FILES`, the names a run writes (all that `--overwrite` removes); and `writing`, which turns a failed
+write (a full disk) into one line naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..runtime.files import write_text_atomic
+from ..runtime.files import WriteError, os_error_reason, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -23,17 +25,35 @@ def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
     return [r for r in records if r.get("epoch", 0) <= epochs]
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """One JSON line, flushed to disk before the epoch's checkpoint names it in its history."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """metrics.jsonl rewritten whole (atomically, on disk before the epoch's checkpoint names it in its
+    history): an append cut short by a full disk would leave a torn last line."""
+    with writing(path):
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def writing(path: Path, then: str = "") -> Iterator[None]:
+    """A failure to write `path` (a full disk, permissions) as one `WriteError` naming it, its reason and,
+    given, what to do once it is fixed. Every file of a run is written atomically, so it is as before."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:   # RuntimeError: torch.save's words for a failed write
+        if isinstance(e, WriteError):
+            reason = e.reason
+        elif isinstance(e, OSError):
+            reason = os_error_reason(e, path)
+        else:
+            reason = " ".join(str(e).split()[:20])
+        raise WriteError(path, f"{reason}; {then}" if then else reason, getattr(e, "errno", None)) from None
 
 
 BAD_IMAGES_FILE = "bad_images.txt"   # epoch, split, path, reason of every image skipped (tab-separated)
 CONFUSION_FILE = "confusion.json"    # the best epoch's held-out confusion matrix, for `inceptionv3 plot`
 TB_FOLDER = "tensorboard"            # TensorBoard event files (when tensorboard is installed)
+# Every file a run writes: the folder's own, and the file patterns of its sub-folders.
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.safetensors", BAD_IMAGES_FILE, CONFUSION_FILE)
+RUN_PATTERNS = {"checkpoints": ("step-*.pt", "step-*.safetensors"), TB_FOLDER: ("events.out.tfevents.*",)}
 TB_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc1": "top1/train",
            "val_acc1": "top1/val", "val_acc5": "top5/val", "lr": "lr", "skipped": "data/skipped_images",
            "nonfinite_steps": "data/nonfinite_steps", "seconds": "time/epoch_seconds"}
@@ -69,4 +89,25 @@ def write_bad_images(path: Path, epoch: int, train_bad: list, val_bad: list) -> 
         for file, reason in sorted({(str(f), " ".join(str(r).split())) for f, r in bad}):
             lines.append(f"{epoch}\t{split}\t{file}\t{reason}")
     if lines:
-        write_text_atomic(path, "\n".join([header, *lines]) + "\n")
+        with writing(path):
+            write_text_atomic(path, "\n".join([header, *lines]) + "\n")
+
+
+def run_files(out: Path) -> list[Path]:
+    """The files in `out` that a run writes (`RUN_FILES`, `RUN_PATTERNS`); plain files only, no links."""
+    found = [out / name for name in RUN_FILES]
+    for folder, patterns in RUN_PATTERNS.items():
+        if (out / folder).is_dir() and not (out / folder).is_symlink():
+            found += [p for pattern in patterns for p in sorted((out / folder).glob(pattern))]
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def remove_run_files(out: Path) -> int:
+    """Remove the files a run wrote in `out` (and its sub-folders once empty); anything else stays."""
+    files = run_files(out)
+    for path in files:
+        path.unlink()
+    for folder in RUN_PATTERNS:
+        with contextlib.suppress(OSError):   # not there, or holding files the run did not write
+            (out / folder).rmdir()
+    return len(files)

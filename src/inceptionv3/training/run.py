@@ -1,10 +1,12 @@
 """`train`: one training run as a sequence of named steps over one explicit `Run`.
 
-`train` sets up the process (threads, the torchrun group, signal handlers, determinism); `run_training`
-then finds the checkpoint to resume, builds the run (data, network, loaders, optimizer), restores it
-from that checkpoint, starts the run folder, and trains epoch by epoch: train, evaluate held-out in fp32
-(`tasks.evaluate.evaluate_model`), record, checkpoint. The checkpoint is a `state.TrainState`, captured
-from the run by `capture_state` and put back by `restore`. Only rank 0 writes files.
+`train` checks the run folder (a folder holding a run needs --resume or --overwrite), resolves the
+recipe and the input size, and sets up the process (threads, the torchrun group, signal handlers,
+determinism); `run_training` then finds the checkpoint to resume, builds the run (data, network,
+loaders, optimizer), restores it from that checkpoint, starts the run folder, and trains epoch by epoch:
+train, evaluate held-out in fp32 (`tasks.evaluate.evaluate_model`), record, checkpoint. The checkpoint is
+a `state.TrainState`, captured from the run by `capture_state` and put back by `restore`. Only rank 0
+writes files, and logs progress.
 
 A run folder holds config.json (the resolved TrainConfig, written first), metrics.jsonl (one line per
 finished epoch), last.pt and checkpoints/ (see `state`), best.safetensors (the best held-out top-1 so far,
@@ -39,14 +41,16 @@ from .config import PAPER_BATCH, PAPER_LR, TrainConfig, resolve_recipe
 from .control import (
     PeerLostError,
     StopRequest,
+    TrainingFailed,
     TrainingInterrupted,
     determinism,
     first_line,
     lost_peer,
+    main_rank_logs,
     stop_on_signals,
 )
 from .ema import ModelEma
-from .loop import EpochState, SeededSamples, resolve_amp, train_one_epoch
+from .loop import EpochState, NonFiniteLossError, SeededSamples, resolve_amp, train_one_epoch
 from .optim import build_optimizer
 from .probe import HeadOnly, backbone_features, caches_features
 from .records import (
@@ -54,11 +58,14 @@ from .records import (
     CONFUSION_FILE,
     TB_FOLDER,
     TB_TAGS,
-    append_jsonl,
     open_tensorboard,
     read_history,
     recording_bad,
+    remove_run_files,
+    run_files,
     write_bad_images,
+    write_jsonl,
+    writing,
 )
 from .resume import check_resume_config, model_state_dict, rng_state, set_rng_state
 from .setup import (
@@ -70,9 +77,10 @@ from .setup import (
     prepare_model,
     preprocess_for,
     resolve_aux,
+    resolve_image_size,
     unwrap_compiled,
 )
-from .state import TrainState
+from .state import TrainState, prune_step_weights, step_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +126,11 @@ class Run:
         return self.ema.module if self.ema is not None else unwrap_compiled(self.model)
 
     @property
+    def evaluated_net(self) -> nn.Module:
+        """The whole network whose held-out numbers are reported: the EMA's, else the trained one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    @property
     def best_path(self) -> Path:
         return self.out / "best.safetensors"
 
@@ -146,9 +159,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     Under torchrun this is one rank of a DistributedDataParallel run (only rank 0 writes files).
     SIGTERM/SIGINT end it after the current step with a checkpoint, raising TrainingInterrupted.
     """
-    given, cfg = cfg, resolve_recipe(cfg)
-    device = resolve_device(cfg.device)
     env = dist_mod.env_from_environ()
+    check_run_folder(cfg)
+    with main_rank_logs(env.is_main):
+        return _train(cfg, env, progress)
+
+
+def _train(cfg: TrainConfig, env: DistEnv, progress: bool) -> dict[str, Any]:
+    given, cfg = cfg, resolve_image_size(resolve_recipe(cfg))
+    device = resolve_device(cfg.device)
     if cfg.recipe == "paper" and cfg.lr != given.lr and cfg.batch_size < 256 and env.rank == 0:
         # On the digits the scaled rate learns far slower than 0.045 (benchmarks/accuracy_digits.py).
         logger.info("recipe paper: lr %g x %d / %d = %.2g (scaled to the global batch); on a small "
@@ -198,12 +217,29 @@ def run_training(cfg: TrainConfig, env: DistEnv, device: torch.device, workers: 
 
 # -- set-up ---------------------------------------------------------------------------------------------
 
+def check_run_folder(cfg: TrainConfig) -> None:
+    """Before anything runs: a new run's --out must not hold files, unless --overwrite is given (which
+    later removes the old run's files, and only those); --resume must name a folder."""
+    out = Path(cfg.resume or cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; choose another --out")
+    if cfg.resume or cfg.overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    what = "a training run" if run_files(out) else "files"
+    raise ValueError(f"--out {out} already holds {what}: continue that run with --resume {out}, replace it "
+                     "with --overwrite (which removes only a run's files), or choose another --out")
+
+
 def find_checkpoint(cfg: TrainConfig) -> tuple[TrainState, Path] | None:
     """With --resume: the run's newest good checkpoint, whose config must compute what `cfg` computes."""
     if not cfg.resume:
         return None
     state, path = TrainState.latest(cfg.resume)
     check_resume_config(state.config, cfg)
+    if state.epoch >= cfg.epochs:
+        more = "finished its" if state.epoch == cfg.epochs and not state.mid_epoch else "has trained"
+        raise ValueError(f"--resume {cfg.resume}: the run {more} {state.epoch} epochs; pass --epochs N with "
+                         f"N > {state.epoch} to train it further")
     return state, path
 
 
@@ -280,7 +316,17 @@ def restore(run: Run, state: TrainState, source: Path) -> None:
     history and this rank's RNG (a mid-epoch checkpoint needs the same number of processes)."""
     run.net.load_state_dict(state.model)
     run.optimizer.load_state_dict(state.optimizer)
+    fresh = run.scheduler.state_dict()
     run.scheduler.load_state_dict(state.scheduler)
+    if state.config.get("epochs") != run.cfg.epochs:
+        # A run extended by --epochs follows the schedule of a run of the new length from the step it
+        # reached (one-cycle's phases are stored in its state; the other schedules read cfg.epochs).
+        for key in ("total_steps", "_schedule_phases"):
+            if key in fresh:
+                setattr(run.scheduler, key, fresh[key])
+        if run.env.is_main:
+            logger.info("--epochs %d (the run had %s): the LR schedule is that of a %d-epoch run from here",
+                        run.cfg.epochs, state.config.get("epochs"), run.cfg.epochs)
     if run.ema is not None:
         run.ema.load_state_dict(state.ema)
     if run.scaler is not None:
@@ -315,9 +361,15 @@ def start_run_folder(run: Run) -> None:
     if not run.env.is_main:
         return
     cfg = run.cfg
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    write_text_atomic(run.metrics_path, "".join(json.dumps(r) + "\n" for r in run.history))
+    with writing(run.out):
+        run.out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        removed = remove_run_files(run.out)
+        if removed:
+            logger.info("--overwrite: removed the %d files of the run that was in %s", removed, run.out)
+    with writing(run.out / "config.json"):
+        write_text_atomic(run.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_jsonl(run.metrics_path, run.history)
     logger.info(
         "training %s on %s: %d train / %d held-out images, %d classes, %d px%s, %d epochs x %d steps, "
         "device %s (%s%s%s%s), %d process(es), %d threads, %d workers",
@@ -352,8 +404,16 @@ def capture_state(run: Run, epochs_done: int, st: EpochState | None) -> TrainSta
 def checkpoint(run: Run, epochs_done: int, st: EpochState | None) -> None:
     run.last_saved = time.monotonic()
     state = capture_state(run, epochs_done, st)
-    if state is not None:
-        state.save(run.out, run.cfg.keep_last)
+    if state is None:
+        return
+    state.save(run.out)
+    if run.cfg.keep_last > 0:   # a weights-only snapshot: the one full state is last.pt
+        path = step_weights_path(run.out, state.global_step)
+        with writing(path):
+            save_model(run.evaluated_net, path, class_names=run.classes, preprocess=run.pre,
+                       extra={"epoch": epochs_done + (st is not None), "step": state.step,
+                              "global_step": state.global_step})
+        prune_step_weights(run.out, run.cfg.keep_last)
 
 
 def on_step(run: Run, st: EpochState) -> None:
@@ -376,6 +436,7 @@ def train_epochs(run: Run, stop: StopRequest, progress: bool) -> None:
         for epoch in range(run.done_epochs + 1, run.cfg.epochs + 1):
             tr = train_epoch(run, epoch, stop, progress)
             va, val_bad = evaluate_epoch(run)
+            check_images_read(run, epoch, tr, va, val_bad)
             record = {
                 "epoch": epoch, "train_loss": tr["loss"], "train_acc1": tr["acc1"], "lr": tr["lr"],
                 "val_loss": va["loss"], "val_acc1": va["top1"], "val_acc5": va["top5"],
@@ -403,9 +464,15 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, progress: bool) -> dict
     st = run.resume_at if run.resume_at is not None and run.resume_at.epoch == epoch else EpochState(epoch)
     run.resume_at = None
     run.sampler.set_epoch(epoch, st.step)
-    tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.cfg, run.device, epoch,
-                         progress and run.env.is_main, state=st, env=run.env, should_stop=lambda: bool(stop),
-                         on_step=functools.partial(on_step, run), ema=run.ema, scaler=run.scaler)
+    try:
+        tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.cfg, run.device,
+                             epoch, progress and run.env.is_main, state=st, env=run.env,
+                             should_stop=lambda: bool(stop), on_step=functools.partial(on_step, run),
+                             ema=run.ema, scaler=run.scaler)
+    except NonFiniteLossError as e:
+        kept = (f"the last good state is {run.last_path}" if run.last_path.is_file()
+                else "no checkpoint had been written yet")
+        raise NonFiniteLossError(f"{e} ({kept})") from None
     if tr["stopped"]:
         name = signal.Signals(stop.signum).name if stop.signum else "a stop request"
         message = (f"{name}: stopped after epoch {epoch} step {st.step} of {run.steps}; checkpoint "
@@ -414,6 +481,19 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, progress: bool) -> dict
             logger.warning("%s", message)
         raise TrainingInterrupted(message)
     return tr
+
+
+def check_images_read(run: Run, epoch: int, tr: dict[str, Any], va: dict[str, Any], val_bad: list) -> None:
+    """TrainingFailed when no training image or no held-out image of the epoch could be read: the numbers
+    would mean nothing, and no such epoch's weights are saved as best. bad_images.txt names each file."""
+    if tr["images"] and va["n"]:
+        return
+    split, bad = ("training", tr["bad_images"]) if not tr["images"] else ("held-out", val_bad)
+    if run.env.is_main:
+        write_bad_images(run.out / BAD_IMAGES_FILE, epoch, tr["bad_images"], val_bad)
+    first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
+    raise TrainingFailed(f"{run.cfg.data}: none of the {split} images could be read{first}; each one is listed "
+                         f"in {run.out / BAD_IMAGES_FILE}. Fix or replace the images; nothing was saved as best")
 
 
 def evaluate_epoch(run: Run) -> tuple[dict[str, Any], list[list[str]]]:
@@ -427,7 +507,7 @@ def evaluate_epoch(run: Run) -> tuple[dict[str, Any], list[list[str]]]:
 
 def write_epoch(run: Run, tb, record: dict[str, Any], train_bad: list, val_bad: list) -> None:
     """The epoch's line in metrics.jsonl, its skipped images and its TensorBoard scalars (rank 0)."""
-    append_jsonl(run.metrics_path, record)
+    write_jsonl(run.metrics_path, run.history)
     write_bad_images(run.out / BAD_IMAGES_FILE, record["epoch"], train_bad, val_bad)
     if tb is not None:
         for key, value in record.items():
@@ -438,16 +518,18 @@ def write_epoch(run: Run, tb, record: dict[str, Any], train_bad: list, val_bad: 
 
 def save_best(run: Run, epoch: int, va: dict[str, Any]) -> None:
     """best.safetensors (the evaluated weights) and its held-out confusion matrix (rank 0)."""
-    save_model(run.ema.module if run.ema is not None else run.net, run.best_path, class_names=run.classes,
-               preprocess=run.pre, extra={"epoch": epoch, "acc1": va["top1"], "acc5": va["top5"]})
-    write_text_atomic(run.out / CONFUSION_FILE, json.dumps(
-        {"epoch": epoch, "class_names": run.classes, "top1": va["top1"],
-         "matrix": va["confusion"].tolist()}) + "\n")
+    with writing(run.best_path):
+        save_model(run.evaluated_net, run.best_path, class_names=run.classes, preprocess=run.pre,
+                   extra={"epoch": epoch, "acc1": va["top1"], "acc5": va["top5"]})
+    with writing(run.out / CONFUSION_FILE):
+        write_text_atomic(run.out / CONFUSION_FILE, json.dumps(
+            {"epoch": epoch, "class_names": run.classes, "top1": va["top1"],
+             "matrix": va["confusion"].tolist()}) + "\n")
 
 
 def log_epoch(run: Run, record: dict[str, Any], improved: bool) -> None:
     logger.info(
-        "epoch %d/%d  loss %.4f  train top-1 %.2f%%  held-out top-1 %.2f%% top-5 %.2f%%  lr %.2e  %.1fs%s%s%s",
+        "epoch %d/%d  loss %.4f  train top-1 %.2f%%  held-out top-1 (fp32) %.2f%% top-5 %.2f%%  lr %.2e  %.1fs%s%s%s",
         record["epoch"], run.cfg.epochs, record["train_loss"], record["train_acc1"], record["val_acc1"],
         record["val_acc5"], record["lr"], record["seconds"],
         f"  skipped {record['skipped']} bad images ({BAD_IMAGES_FILE})" if record["skipped"] else "",

@@ -1,8 +1,9 @@
-"""Setting a run up: the aux-head decision, preprocessing and augmentation, the data sets, the network
-(fresh or from --weights), freezing, device placement and layout, torch.compile.
+"""Setting a run up: the input size and the aux-head decision, preprocessing and augmentation, the data
+sets, the network (fresh or from --weights), freezing, device placement and layout, torch.compile.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -16,13 +17,27 @@ from ..models.builder import build_model
 from ..runtime import distributed as dist_mod
 from ..weights.load import first_keys, load_model
 from ..weights.preprocess import Preprocess
-from .config import FOLDER_CROP_FRACTION, TrainConfig
+from .config import DEFAULT_IMAGE_SIZE, FOLDER_CROP_FRACTION, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
+def resolve_image_size(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its input size: --image-size when given, else the input size the --weights were made
+    for (fine-tuning at another size loses accuracy), else DEFAULT_IMAGE_SIZE."""
+    if cfg.image_size is not None:
+        return cfg
+    if cfg.weights is None:
+        return dataclasses.replace(cfg, image_size=DEFAULT_IMAGE_SIZE)
+    size = int(load_model(cfg.weights, arch=cfg.arch).meta.preprocess.input_size)
+    logger.info("input size %d px, the one --weights %s expects (--image-size chooses another)", size,
+                cfg.weights)
+    return dataclasses.replace(cfg, image_size=size)
+
+
 def resolve_aux(cfg: TrainConfig) -> bool:
     """Whether the aux head is trained: auto = inception_v3 at >= 299 px; an impossible request errors."""
+    cfg = resolve_image_size(cfg)
     has_aux = cfg.arch == "inception_v3"
     if cfg.aux_logits is None:
         return has_aux and cfg.image_size >= AUX_MIN_INPUT_SIZE
@@ -39,6 +54,7 @@ def resolve_aux(cfg: TrainConfig) -> bool:
 def preprocess_for(cfg: TrainConfig) -> Preprocess:
     """Eval preprocessing saved with the model: digits are resized whole (an 8x8 image has no border to
     crop); folders get the Inception resize-then-center-crop."""
+    cfg = resolve_image_size(cfg)
     resize = cfg.image_size if cfg.data == "digits" else round(cfg.image_size / FOLDER_CROP_FRACTION)
     return Preprocess(input_size=cfg.image_size, resize_size=resize, interpolation="bilinear",
                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

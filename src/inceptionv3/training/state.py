@@ -115,8 +115,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     crash never leaves a torn last.pt, and `load_checkpoint` can tell a damaged file. A failed write (a
     full disk) is an OSError naming `path`, and the file there before is left as it was."""
     state = {**state, "digest": _digest(state)}
-    with writing(Path(path), f"the previous {Path(path).name} is intact: free some space, then continue "
-                             f"with --resume {Path(path).parent}"), atomic_path(path) as tmp:
+    with writing(Path(path), f"the previous {Path(path).name} is intact: once fixed, continue with "
+                             f"--resume {Path(path).parent}"), atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
 
