@@ -17,6 +17,7 @@ from inceptionv3.tasks.explain import (
     METHODS,
     colorize,
     explain,
+    explain_files,
     input_view,
     output_names,
     overlay,
@@ -120,6 +121,19 @@ def test_every_method_gives_unit_maps_at_the_input_size(method):
     ex = explain(model, torch.randn(2, 3, 35, 41), target=2, method=method)
     assert ex.maps.shape == (2, 35, 41) and ex.maps.dtype == np.float32
     assert np.isfinite(ex.maps).all() and ex.maps.min() >= 0 and ex.maps.max() <= 1
+
+
+def test_one_channel_weights_are_explained_from_files(tmp_path):
+    torch.manual_seed(0)
+    weights = save_model(inception_mini(num_classes=2, in_chans=1), tmp_path / "gray.safetensors",
+                         preprocess=Preprocess(input_size=35, resize_size=40))
+    Image.new("RGB", (50, 40), "white").save(tmp_path / "a.png")
+    [r] = explain_files([tmp_path / "a.png"], tmp_path / "out", weights=weights, target=np.int64(1),
+                        device="cpu")
+    assert r["index"] == 1 and r["label"] == "1"
+    assert np.load(r["npy"]).shape == (35, 35)
+    with Image.open(r["png"]) as im:
+        assert im.size == (35, 35) and im.mode == "RGB"
 
 
 def test_bad_requests_name_the_fix(trained):

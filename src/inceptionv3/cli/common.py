@@ -201,9 +201,14 @@ def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:
     return result
 
 
-def report_metric(args: argparse.Namespace, result: dict, line: str) -> int:
-    """The warnings once each, then the result as one line or as JSON."""
+def report_metric(args: argparse.Namespace, result: dict, line: str, failed: int = 0) -> int:
+    """The warnings once each, then the result as one line or as JSON; exit code 1 when ``failed``
+    images could not be read (the result, over the rest, is still printed), as predict and features."""
     for w in result.get("warnings", []):
         print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.format == "json" else line)
+    if failed:
+        print(f"inceptionv3 {args.command}: {failed} image(s) could not be read (see the lines above); the "
+              f"result is over the rest", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return EXIT_OK

@@ -18,7 +18,7 @@ from .common import EXIT_USAGE, CommandError
 
 # In the order `inceptionv3 --help` lists them.
 COMMANDS = ("predict", "features", "explain", "serve", "info", "weights", "cache", "train", "plot", "evaluate",
-            "fid", "kid", "inception_score", "stats", "export", "convert", "bench")
+            "fid", "kid", "inception_score", "prdc", "stats", "export", "convert", "bench")
 VERBOSE_HELP = "log what the library does, and show tracebacks"
 
 

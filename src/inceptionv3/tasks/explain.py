@@ -9,6 +9,7 @@ parser reads ``METHODS`` at no cost.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -157,7 +158,7 @@ def _targets(target: int | Sequence[int] | None, top: list[int], num_classes: in
     n = len(top)
     if target is None:
         return top
-    targets = [int(target)] * n if isinstance(target, int) else [int(t) for t in target]
+    targets = [int(target)] * n if isinstance(target, numbers.Integral) else [int(t) for t in target]
     if len(targets) != n:
         raise ValueError(f"{len(targets)} targets for {n} images; give one class, one per image, or None")
     bad = sorted({t for t in targets if not 0 <= t < num_classes})
