@@ -19,4 +19,4 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.pipeline import inception_score
     r = with_warnings(inception_score, args.a, splits=args.splits, **metric_kwargs(args))
     return report_metric(args, r, f"IS: {r['is']:.6g} +- {r['is_std']:.6g}  (n={r['n']}; {r['splits']} splits; "
-                                  f"{args.mode}; {r['logits']})")
+                                  f"{args.mode}; {r['logits']})", failed=r["failed"])

@@ -21,4 +21,5 @@ def run(args: argparse.Namespace) -> int:
     r = with_warnings(kid, args.a, args.b, dims=args.dims, subsets=args.kid_subsets,
                       subset_size=args.kid_subset_size, **metric_kwargs(args))
     return report_metric(args, r, f"KID: {r['kid']:.6g} +- {r['kid_std']:.6g}  (n={r['n'][0]}, {r['n'][1]}; "
-                                  f"{r['subsets']} subsets of {r['subset_size']}; {args.mode}, {args.dims}-d)")
+                                  f"{r['subsets']} subsets of {r['subset_size']}; {args.mode}, {args.dims}-d)",
+                         failed=r["failed"])

@@ -1,10 +1,17 @@
 """Feature statistics: the float64 streaming accumulator (mergeable across processes) and ``.npz`` files
 in pytorch-fid's layout (``mu``, ``sigma``) plus our metadata, which says how they were made.
+
+Other tools' statistics files are read too, without pickle: pytorch-fid's / TTUR's and EDM's (``mu``,
+``sigma``), clean-fid's (the same keys; its file names carry the mode), and ADM's reference batches
+(``mu``, ``sigma`` and the spatial ``mu_s``, ``sigma_s`` of sFID, beside the images in ``arr_0``). What
+each came from is recorded in ``Stats.meta`` (``tool``, and ``mode`` where the file says it).
 """
 from __future__ import annotations
 
 import json
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,12 +22,25 @@ import torch.distributed as dist
 from ..engine.options import PathLike
 from ..runtime.files import atomic_path
 from .functional import MetricWarning
+from .modes import SFID_TAP
 
 STATS_FORMAT = "inceptionv3-stats/1"
-
+TOOL = "inceptionv3"
 
 # Metadata fields that must agree for two statistics to be comparable.
 _COMPARED = ("weights_sha256", "dims", "tap", "mode")
+
+# Statistics wider than this are refused before they are read: the widest feature any tool uses is 2048,
+# and a forged header must not make us allocate sigma's dims^2 doubles.
+MAX_DIMS = 16384
+
+# clean-fid names its statistics files "{name}_{mode}_{split}_{resolution}.npz"; its modes in ours.
+_CLEAN_FID_MODES = {"clean": "clean", "legacy_tensorflow": "tf", "legacy_pytorch": "pytorch-fid"}
+_CLEAN_FID_NAME = re.compile(r"_(clean|legacy_tensorflow|legacy_pytorch)_[^_]+_\d+$")
+
+# ADM's reference batches: the spatial statistics of sFID under these keys, made on the TF graph's
+# "mixed_6/conv" tap (the tf mode's resize is that graph's).
+SPATIAL_KEYS = ("mu_s", "sigma_s")
 
 
 class StatsAccumulator:
@@ -103,36 +123,138 @@ class Stats:
         return int(self.mu.shape[0])
 
 
-def save_stats(stats: Stats, path: PathLike) -> Path:
-    """Write ``mu`` and ``sigma`` (pytorch-fid's keys, float64) and a JSON ``meta`` string, atomically."""
+def save_stats(stats: Stats, path: PathLike, spatial: Stats | None = None) -> Path:
+    """Write ``mu`` and ``sigma`` (pytorch-fid's keys, float64) and a JSON ``meta`` string, atomically;
+    with ``spatial`` (sFID's statistics) also ``mu_s`` and ``sigma_s``, ADM's keys for them."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"{path}: statistics files are .npz; use that suffix")
-    meta = {"format": STATS_FORMAT, **stats.meta, "n": stats.n, "stats_dtype": "float64"}
+    meta = {"format": STATS_FORMAT, "tool": TOOL, **stats.meta, "n": stats.n, "stats_dtype": "float64"}
+    arrays = {"mu": np.asarray(stats.mu, np.float64), "sigma": np.asarray(stats.sigma, np.float64)}
+    if spatial is not None:
+        meta["spatial"] = {**spatial.meta, "n": spatial.n}
+        arrays.update(mu_s=np.asarray(spatial.mu, np.float64), sigma_s=np.asarray(spatial.sigma, np.float64))
     # A file object: given a name, np.savez would append its own suffix to the temp file.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=np.asarray(stats.mu, np.float64), sigma=np.asarray(stats.sigma, np.float64),
-                 meta=np.array(json.dumps(meta)))
+        np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
     return path
 
 
-def load_stats(path: PathLike) -> Stats:
-    """Read our, pytorch-fid's or TTUR's ``.npz`` statistics (keys ``mu`` and ``sigma``), as float64."""
-    path = Path(path)
+def _members(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each ``.npy`` member's (shape, dtype), from its header alone: nothing is allocated or unpickled."""
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _fortran, dtype = read_header(f)
+            out[info.filename[:-4]] = (tuple(shape), dtype)
+    return out
+
+
+def _provenance(path: Path, keys: set[str], meta: dict) -> dict:
+    """What made a file: ours say so in ``meta``; other tools' are told apart by their keys and names."""
+    if meta:
+        return {"tool": TOOL, **meta} if meta.get("format") == STATS_FORMAT else meta
+    if set(SPATIAL_KEYS) <= keys or "arr_0" in keys:
+        return {"tool": "adm", "mode": "tf"}
+    match = _CLEAN_FID_NAME.search(path.stem)
+    if match:
+        return {"tool": "clean-fid", "mode": _CLEAN_FID_MODES[match.group(1)]}
+    return {"tool": "pytorch-fid / TTUR / EDM"}
+
+
+def _read_meta(path: Path, f: np.lib.npyio.NpzFile) -> dict:
     try:
+        meta = json.loads(str(f["meta"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its 'meta' is not JSON ({e}); recompute the file with "
+                         f"'inceptionv3 stats'") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its 'meta' is a JSON {type(meta).__name__}, not an object; recompute the "  # noqa: TRY004
+                         f"file with 'inceptionv3 stats'")
+    n = meta.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise ValueError(f"{path}: its 'meta' gives an image count of {n!r}; recompute the file with "
+                         f"'inceptionv3 stats'")
+    return meta
+
+
+def load_stats(path: PathLike, spatial: bool = False) -> Stats:
+    """Statistics from an ``.npz`` file (ours, pytorch-fid's, TTUR's, clean-fid's, EDM's or ADM's), as
+    float64; ``spatial``: sFID's (``mu_s``, ``sigma_s``) instead. Never unpickles: a file holding Python
+    objects, a damaged or truncated file, or arrays that do not fit together raise ValueError naming the
+    file and the reason."""
+    path = Path(path)
+    mu_key, sigma_key = SPATIAL_KEYS if spatial else ("mu", "sigma")
+    try:
+        members = _members(path)
+        keys = set(members)
+        if not {mu_key, sigma_key} <= keys:
+            what = ("sFID statistics: it has no 'mu_s' and 'sigma_s' (write them with 'inceptionv3 stats "
+                    "--sfid', or use ADM's reference batches)" if spatial else
+                    "a statistics file: expected 'mu' and 'sigma' (pytorch-fid / TTUR / clean-fid / EDM / "
+                    "ADM / inceptionv3 stats)")
+            raise ValueError(f"{path}: not {what}; its arrays are {sorted(keys)}")
+        for key in (mu_key, sigma_key, "meta"):
+            if key in members and members[key][1].hasobject:
+                raise ValueError(f"{path}: '{key}' holds pickled Python objects; refused (statistics are "
+                                 f"plain arrays, and unpickling can run code)")
+        (mu_shape, _), (sigma_shape, _) = members[mu_key], members[sigma_key]
+        if len(mu_shape) != 1 or sigma_shape != (mu_shape[0], mu_shape[0]):
+            raise ValueError(f"{path}: {mu_key} {mu_shape} and {sigma_key} {sigma_shape} do not fit together "
+                             f"(expected D and D x D)")
+        if mu_shape[0] > MAX_DIMS:
+            raise ValueError(f"{path}: {mu_shape[0]}-d statistics; at most {MAX_DIMS} are read (the widest "
+                             f"feature is 2048)")
         with np.load(path, allow_pickle=False) as f:
-            keys = set(f.files)
-            if not {"mu", "sigma"} <= keys:
-                raise ValueError(f"{path}: not a statistics file: it has keys {sorted(keys)}, expected 'mu' "
-                                 f"and 'sigma' (pytorch-fid / TTUR / inceptionv3 stats)")
-            mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
-            meta = json.loads(str(f["meta"])) if "meta" in keys else {}
-    except (OSError, EOFError, json.JSONDecodeError) as e:
+            mu, sigma = f[mu_key].astype(np.float64), f[sigma_key].astype(np.float64)
+            meta = _read_meta(path, f) if "meta" in keys else {}
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz statistics file ({e}); recompute or re-download it") \
+            from None
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        # numpy's own reasons (a bad header, truncated data, pickled data refused)
         raise ValueError(f"{path}: not a readable .npz statistics file ({e})") from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+    meta = _provenance(path, keys, meta)
+    if spatial:
+        meta = {**meta, **meta.get("spatial", {}), "tool": meta.get("tool")}
+        meta.pop("spatial", None)
+        meta.setdefault("tap", SFID_TAP)
+        meta.setdefault("dims", int(mu.shape[0]))
+    meta = dict(meta)
     n = meta.pop("n", None)
     return Stats(mu, sigma, n, meta, str(path))
+
+
+def holds_statistics(path: PathLike) -> bool:
+    """Whether an ``.npz`` file has statistics members (``mu``, ``sigma``), from the zip directory alone;
+    a file that is not a readable zip counts, so that ``load_stats`` names what is wrong with it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {Path(n).stem for n in z.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return True
+    return {"mu", "sigma"} <= names
+
+
+def has_spatial(path: PathLike) -> bool:
+    """Whether a statistics file also holds sFID's spatial statistics (``mu_s``, ``sigma_s``)."""
+    try:
+        return set(SPATIAL_KEYS) <= set(_members(Path(path)))
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def _foreign(s: Stats) -> bool:
+    """Statistics that do not record their weights (another tool's file): only their mode can be checked."""
+    return not s.meta.get("weights_sha256")
 
 
 def check_compatible(a: Stats, b: Stats, strict: bool = False) -> list[str]:
@@ -146,16 +268,33 @@ def check_compatible(a: Stats, b: Stats, strict: bool = False) -> list[str]:
                                  f"{b.dims}-d; use the same --dims for both")
     problems = []
     for s in (a, b):
-        if not s.meta:
-            problems.append(f"{s.source or 'statistics'} carries no metadata (a pytorch-fid/TTUR file?): "
-                            f"cannot check that it used the same weights and preprocessing")
-    if a.meta and b.meta:
-        for key in _COMPARED:
-            if a.meta.get(key) != b.meta.get(key):
-                problems.append(f"statistics differ in {key}: {a.meta.get(key)!r} ({a.source or 'A'}) vs "
-                                f"{b.meta.get(key)!r} ({b.source or 'B'}); the numbers are not comparable")
+        if _foreign(s):
+            tool = f" (a {s.meta['tool']} file)" if s.meta.get("tool") else ""
+            problems.append(f"{s.source or 'statistics'} carries no metadata{tool}: cannot check that it used "
+                            f"the same weights and preprocessing")
+    # Another tool's file records its mode at most (clean-fid's and ADM's): compare what both say.
+    both_ours = not (_foreign(a) or _foreign(b))
+    for key in _COMPARED if both_ours else ("mode",):
+        va, vb = a.meta.get(key), b.meta.get(key)
+        if va != vb and (both_ours or (va is not None and vb is not None)):
+            problems.append(f"statistics differ in {key}: {va!r} ({a.source or 'A'}) vs "
+                            f"{vb!r} ({b.source or 'B'}); the numbers are not comparable")
     if problems and strict:
         raise StatsMismatchError("; ".join(problems) + " (stopped: --strict)")
     for p in problems:
         warnings.warn(p, MetricWarning, stacklevel=2)
     return problems
+
+
+def describe(s: Stats) -> str:
+    """One line on what a statistics file holds: tool, mode, tap and dims, image count, weights."""
+    m = s.meta
+    parts = [f"tool {m.get('tool', 'unknown')}", f"mode {m.get('mode') or 'unknown'}", f"{s.dims}-d"]
+    if m.get("tap"):
+        parts.append(f"tap {m['tap']}")
+    parts.append(f"n={s.n}" if s.n is not None else "n unknown")
+    if m.get("weights"):
+        parts.append(f"weights {m['weights']} ({str(m.get('weights_sha256', ''))[:12]})")
+    if m.get("failed"):
+        parts.append(f"{m['failed']} images failed to decode")
+    return f"{s.source}: " + ", ".join(parts)
