@@ -2,9 +2,12 @@
 and gives what an uninterrupted run gives; a resume folder of another job, or not ours, is refused."""
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from inceptionv3 import build_model
 from inceptionv3.cli.main import main
 from inceptionv3.data.paths import expand_paths
 from inceptionv3.engine import runner
+from inceptionv3.runtime.files import read_path_lines, temp_name
 from inceptionv3.tasks import features
 from inceptionv3.tasks.features import discard_partial, extract_features
 from inceptionv3.weights.io import save_model
@@ -121,7 +125,7 @@ def test_resume_folder_of_another_job_or_not_ours(job, tmp_path):
     (stranger / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not ours"):
         _extract(job, resume=stranger)
-    with pytest.raises(ValueError, match="not a resume folder"):
+    with pytest.raises(ValueError, match="did not write .notes.txt."):
         discard_partial(stranger)
     assert (stranger / "notes.txt").read_text() == "keep me"
 
@@ -141,3 +145,114 @@ def test_cli_unknown_out_format_fails_before_the_run(job, tmp_path, capsys):
     weights, folder = job
     assert main(["features", str(folder), "--weights", str(weights), "--out", str(tmp_path / "f.txt")]) == 2
     assert "--out" in capsys.readouterr().err and not (tmp_path / "f.txt.partial").exists()
+
+
+def _argv(job, out, *extra: str) -> list[str]:
+    weights, folder = job
+    return ["features", str(folder), "--weights", str(weights), "--out", str(out), "--workers", "0",
+            "--batch-size", "3", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_nothing_blocks_the_next(job, tmp_path, capsys):
+    out = tmp_path / "f.npz"
+    with features.output_lock(out) as lock:          # another run holds OUT.lock
+        assert lock.read_text().strip() == str(os.getpid())
+        assert main(_argv(job, out)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pid {os.getpid()}" in err and "another --out" in err
+    assert not out.exists() and not (tmp_path / "f.npz.partial").exists()
+    assert main(_argv(job, out)) == 1                # the broken image; no lock or folder left behind
+    assert out.exists() and not (tmp_path / "f.npz.lock").exists()
+    assert not (tmp_path / "f.npz.partial").exists()
+
+
+def test_a_usage_error_leaves_nothing_that_blocks_the_corrected_command(job, tmp_path, capsys):
+    out = tmp_path / "f.npz"
+    assert main(_argv(job, out, "--precision", "int8", "--backend", "onnxruntime")) == 2   # no --calibration
+    assert "calibration" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no .partial, no lock, no temp file
+    # a folder of another job that holds no rows yet is taken over; with rows, --restart always works
+    partial = tmp_path / "f.npz.partial"
+    partial.mkdir()
+    (partial / "manifest.json").write_text('{"job": "another"}\n')
+    assert main(_argv(job, out)) == 1
+    partial.mkdir()
+    np.savez(partial / "part-r0-0000000000.npz", indices=np.array([0]), features=np.zeros((1, 4), np.float32),
+             failed_indices=np.zeros(0, np.int64), failed_reasons=np.zeros(0, str))   # rows, no manifest
+    assert main(_argv(job, out)) == 2 and "--restart" in capsys.readouterr().err
+    assert main(_argv(job, out, "--restart")) == 1 and not partial.exists()
+
+
+def test_a_resumed_run_keeps_the_engine_the_rows_were_made_with(job, tmp_path, monkeypatch):
+    want = _extract(job)
+    partial = tmp_path / "f.npz.partial"
+    monkeypatch.setattr(features, "FLUSH_ROWS", 3)
+    _stop_after(monkeypatch, 2, [], [])
+    with pytest.raises(RuntimeError, match="power cut"):
+        _extract(job, resume=partial, backend="auto")
+    manifest = json.loads((partial / "manifest.json").read_text())
+    assert manifest["engine"] == {"backend": "torch", "precision": "fp32"}
+    # Fewer images are left: say "auto" now picks another backend. The resumed rows still come from torch.
+    monkeypatch.setattr(features, "resolve_engine", lambda *a: ("fp32", "onnxruntime"))
+    used = []
+    monkeypatch.setattr(runner, "run", lambda model, paths, output, options, **kw: (
+        used.append(options.backend), _REAL_RUN(model, paths, output, options, **kw))[1])
+    _same(_extract(job, resume=partial, backend="auto"), want)
+    assert used == ["torch"]
+    with pytest.raises(ValueError, match="--backend torch"):
+        _extract(job, resume=partial, backend="onnxruntime")       # an explicit other engine: say so
+
+
+def test_npy_pairs_never_mismatch_and_names_with_newlines_stay_one_line(job, tmp_path, monkeypatch, capsys):
+    weights, _ = job
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["plain.png", "new\nline.png", "tab\there.png"]
+    rng = np.random.default_rng(1)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / name)
+    out = tmp_path / "f.npy"
+    argv = ["features", str(folder), "--weights", str(weights), "--out", str(out), "--workers", "0",
+            "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    listed = read_path_lines((tmp_path / "f.paths.txt").read_text())
+    assert sorted(Path(p).name for p in listed) == sorted(names) and len(listed) == len(np.load(out))
+    (folder / "plain.png").unlink()
+    # Stopped between the matrix and its paths: the old paths file is gone first, never left beside
+    # the new matrix.
+    monkeypatch.setattr(features, "path_lines", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(argv) == 130
+    assert len(np.load(out)) == 2 and not (tmp_path / "f.paths.txt").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0      # the kept rows finish the pair
+    assert len(read_path_lines((tmp_path / "f.paths.txt").read_text())) == len(np.load(out)) == 2
+
+
+def test_disk_full_names_the_output_not_a_temporary_file(job, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f.npz"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np, "savez", full)
+    assert main(_argv(job, out)) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "no space left" in err.lower() and ".tmp" not in err and err.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz.partial"]    # the finished rows, for the rerun
+    monkeypatch.undo()
+    assert main(_argv(job, out)) == 1 and not (tmp_path / "f.npz.partial").exists()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_cleaned(job, tmp_path, monkeypatch):
+    partial = tmp_path / "f.npz.partial"
+    monkeypatch.setattr(features, "FLUSH_ROWS", 3)
+    _stop_after(monkeypatch, 2, [], [])
+    with pytest.raises(RuntimeError, match="power cut"):
+        _extract(job, resume=partial)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = temp_name(partial / "part-r0-0000000009.npz")
+    stale = stale.with_name(stale.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    stale.write_bytes(b"half")                      # as a SIGKILL leaves it
+    monkeypatch.undo()
+    assert main(_argv(job, tmp_path / "f.npz")) == 1
+    assert not partial.exists() and [p.name for p in tmp_path.iterdir()] == ["f.npz"]

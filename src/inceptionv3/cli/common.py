@@ -25,6 +25,7 @@ from ..engine.options import (
     EngineOptions,
 )
 from ..metrics.modes import DIMS, METRIC_OPTIONS, MODES
+from ..runtime.files import WriteError, os_error_reason, quote_path
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,21 +44,22 @@ def check_output(path: str | os.PathLike, flag: str) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise CommandError(f"{flag} {path}: is a folder; give a file name")
+        raise CommandError(f"{flag} {quote_path(path)}: is a folder; give a file name")
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise CommandError(f"{flag} {path}: {existing} is not a folder; choose another path")
+        raise CommandError(f"{flag} {quote_path(path)}: {quote_path(existing)} is not a folder; "
+                           "choose another path")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".inceptionv3-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         what = "write into" if existing == folder else "create a folder in"
-        raise CommandError(f"{flag} {path}: cannot {what} {existing} ({e.strerror or e}); "
-                           "choose a folder you can write to") from None
+        raise CommandError(f"{flag} {quote_path(path)}: cannot {what} {quote_path(existing)} "
+                           f"({os_error_reason(e)}); choose a folder you can write to") from None
     return path
 
 
@@ -67,9 +69,10 @@ def output_errors(path: str | os.PathLike, flag: str) -> Iterator[None]:
     fix, rather than the temporary file the atomic write was filling."""
     try:
         yield
+    except WriteError:
+        raise                 # it names the file it could not write
     except OSError as e:
-        raise OSError(f"{flag} {path}: could not write it ({e.strerror or e}); free some space or choose "
-                      "another folder, and run the command again") from None
+        raise WriteError(path, f"{os_error_reason(e)} (writing {flag})", e.errno) from None
 
 
 def add_inference_args(p: argparse.ArgumentParser, default_batch: int = EngineOptions.batch_size,
