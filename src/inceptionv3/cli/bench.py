@@ -37,8 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output(args.json, "--json")   # before the run, not after it
-    from ..bench.harness import BenchConfig, format_report, run_bench, write_json
-    result = run_bench(config_from(BenchConfig, args))
+    from ..bench.harness import BenchConfig, check_config, format_report, run_bench, write_json
+    cfg = config_from(BenchConfig, args)
+    check_config(cfg)
+    result = run_bench(cfg)
     print(format_report(result))
     if args.json:
         with output_errors(args.json, "--json"):

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runtime.files import quote_path
     from ..tasks.predict import ImageFailure, predict
     try:
         results = predict(args.paths, weights=args.weights, top_k=args.top_k, strict=args.strict, arch=args.arch,
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     if args.format == "json":
         print(json.dumps(results, indent=2))
-    elif args.format == "csv":
+    elif args.format == "csv":     # the csv module quotes a field with a line break or a quote in it
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "rank", "index", "label", "probability", "error"])
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(buf.getvalue(), end="")
     else:
         for r in results:
-            print(r["path"])
+            print(quote_path(r["path"]))     # one line per name, whatever the name holds
             if "error" in r:
                 print(f"    error: {r['error']}")
             for p in r.get("predictions", []):

@@ -10,6 +10,8 @@ from torch import nn
 from ..data.paths import expand_paths
 from ..engine import runner
 from ..engine.options import Calibration, EngineOptions, engine_options
+from ..runtime.files import quote_path
+from ..runtime.threads import resolve_device
 from ..weights.load import load_model
 
 DEFAULT_TOP_K = 5    # or every class, when the model has fewer
@@ -56,6 +58,7 @@ def predict(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     options = engine_options(options, batch_size=batch_size, workers=workers, device=device, progress=progress,
                              precision=precision, backend=backend, calibration=calibration)
+    resolve_device(options.device)     # a device this machine lacks is an error before any work
     paths = expand_paths(inputs)
     model = weights if isinstance(weights, nn.Module) else load_model(weights, **({"arch": arch} if arch else {}))
     names = model.meta.class_names
@@ -70,7 +73,7 @@ def predict(
     for step in runner.run(model, paths, "logits", options, desc="predict"):
         for i, reason in step.failures:
             if strict:
-                raise ImageFailure(f"{paths[i]}: {reason}")
+                raise ImageFailure(f"{quote_path(paths[i])}: {reason}")
             results[i] = {"path": str(paths[i]), "error": reason}
         if not step.indices:
             continue
