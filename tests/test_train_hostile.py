@@ -26,8 +26,8 @@ from inceptionv3.weights.preprocess import Preprocess
 
 torch.set_num_threads(1)
 
-ANY_SIZE = ["--arch", "inception_mini", "--epochs", "1", "--batch-size", "16", "--limit", "32", "--workers", "0",
-            "--threads", "1", "--no-progress"]
+ANY_SIZE = ["--arch", "inception_mini", "--epochs", "1", "--batch-size", "16", "--limit", "32",
+            "--workers", "0", "--threads", "1", "--no-progress"]
 TINY = [*ANY_SIZE, "--image-size", "32"]
 
 
@@ -55,7 +55,8 @@ def finished(tmp_path_factory):
 
 @pytest.mark.parametrize("flags, names", [
     (["--threads", "0"], "--threads 0"), (["--threads", "-2"], "--threads -2"),
-    (["--label-smoothing", "2"], "--label-smoothing 2.0"), (["--label-smoothing", "-1"], "--label-smoothing -1.0"),
+    (["--label-smoothing", "2"], "--label-smoothing 2.0"),
+    (["--label-smoothing", "-1"], "--label-smoothing -1.0"),
     (["--weight-decay", "-1"], "--weight-decay -1.0"), (["--clip-grad", "-1"], "--clip-grad -1.0"),
     (["--lr", "0"], "--lr 0.0"), (["--lr=-0.001"], "--lr -0.001"), (["--lr", "nan"], "--lr nan"),
     (["--epochs", "0"], "--epochs 0"), (["--batch-size", "-4"], "--batch-size -4"),
@@ -81,8 +82,8 @@ def test_the_python_api_has_the_same_checks():
 
 def test_finetune_takes_the_input_size_of_its_weights(tmp_path, capsys, caplog):
     weights = tmp_path / "mini40.safetensors"
-    save_model(build_model("inception_mini", num_classes=10), weights, class_names=[str(d) for d in range(10)],
-               preprocess=Preprocess(input_size=40, resize_size=40))
+    save_model(build_model("inception_mini", num_classes=10), weights,
+               class_names=[str(d) for d in range(10)], preprocess=Preprocess(input_size=40, resize_size=40))
     out = tmp_path / "ft"
     with caplog.at_level(logging.INFO, logger="inceptionv3"):
         code, _, _ = _train(capsys, "digits", "--out", str(out), *ANY_SIZE, "--recipe", "finetune",
@@ -146,7 +147,8 @@ def test_resume_takes_the_saved_flags_and_extends_a_finished_run(finished, tmp_p
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     cfg = TrainConfig.load(run)
-    assert (cfg.epochs, cfg.arch, cfg.image_size, cfg.amp, cfg.resume) == (2, "inception_mini", 32, "bf16", str(run))
+    assert (cfg.epochs, cfg.arch, cfg.image_size, cfg.amp) == (2, "inception_mini", 32, "bf16")
+    assert cfg.resume == str(run)
     assert TrainState.load(run / "last.pt").epoch == 2
 
 
@@ -199,7 +201,7 @@ def test_the_printed_held_out_top1_is_what_evaluate_prints(finished, capsys):
     # The run trained with bf16 autocast; its held-out figure is fp32, as `evaluate` computes it.
     history = [json.loads(x) for x in (finished / "metrics.jsonl").read_text().splitlines()]
     assert main(["evaluate", "digits", "--weights", str(finished / "best.safetensors"), "--precision", "fp32",
-                 "--workers", "0", "--threads", "1"]) == 0
+                 "--backend", "torch", "--workers", "0", "--threads", "1"]) == 0
     printed = re.search(r"top-1: ([0-9.]+)%", capsys.readouterr().out)
     assert printed and float(printed.group(1)) == pytest.approx(history[0]["val_acc1"], abs=0.005)
 

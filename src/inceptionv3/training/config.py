@@ -171,7 +171,8 @@ class TrainConfig:
         return [in_range("lr", 0.0, low_open=True),
                 in_range("weight_decay", 0.0), in_range("label_smoothing", 0.0, 1.0, high_open=True),
                 in_range("clip_grad", 0.0, why=" (0: off)"), in_range("aux_weight", 0.0),
-                in_range("val_fraction", 0.0, 1.0, high_open=True), in_range("save_minutes", 0.0, why=" (0: off)"),
+                in_range("val_fraction", 0.0, 1.0, high_open=True),
+                in_range("save_minutes", 0.0, why=" (0: off)"),
                 in_range("dropout", 0.0, 1.0, high_open=True, optional=True),
                 in_range("ema_decay", 0.0, 1.0, high_open=True, why=" (0: off)"),
                 in_range("warmup_epochs", 0.0), in_range("backbone_lr_scale", 0.0),
@@ -208,7 +209,8 @@ def _check_compile_backend(name: str) -> str | None:
 
     if name in list_backends(exclude_tags=()):
         return None
-    return f"--compile-backend {name!r}: torch.compile has no such backend; one of {', '.join(list_backends())}"
+    known = ", ".join(list_backends())
+    return f"--compile-backend {name!r}: torch.compile has no such backend; one of {known}"
 
 
 # Named presets: each sets the fields it lists, unless the field was given a non-default value.

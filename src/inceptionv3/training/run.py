@@ -492,8 +492,9 @@ def check_images_read(run: Run, epoch: int, tr: dict[str, Any], va: dict[str, An
     if run.env.is_main:
         write_bad_images(run.out / BAD_IMAGES_FILE, epoch, tr["bad_images"], val_bad)
     first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
-    raise TrainingFailed(f"{run.cfg.data}: none of the {split} images could be read{first}; each one is listed "
-                         f"in {run.out / BAD_IMAGES_FILE}. Fix or replace the images; nothing was saved as best")
+    raise TrainingFailed(f"{run.cfg.data}: none of the {split} images could be read{first}; each one is "
+                         f"listed in {run.out / BAD_IMAGES_FILE}. Fix or replace the images; nothing was "
+                         "saved as best")
 
 
 def evaluate_epoch(run: Run) -> tuple[dict[str, Any], list[list[str]]]:
