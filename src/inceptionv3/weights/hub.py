@@ -237,7 +237,11 @@ def _expected(entry: WeightsEntry) -> str:
 def _verified(entry: WeightsEntry, digest: str) -> None:
     """Record the full digest of a file that passed a published prefix, so later uses check all of it."""
     if entry.sha256 and len(entry.sha256) < 64 and _pinned(entry) != digest:
-        _pin(entry, digest)
+        try:
+            _pin(entry, digest)
+        except OSError as e:   # a read-only shared cache: the file is verified, only the record is lost
+            log.warning("could not record the full sha256 of %s: %s", entry.file_name, e)
+            return
         log.info("recorded the full sha256 of %s, %s, in %s", entry.file_name, digest, pins_file())
 
 
