@@ -243,7 +243,7 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     checkpoint = isinstance(obj, Mapping) and str(obj.get("format", "")).startswith(CHECKPOINT_FORMAT_PREFIX)
     if checkpoint and "digest" in obj and checkpoint_digest(obj) != obj["digest"]:
         raise WeightsError(f"{path}: checkpoint contents do not match their digest (damaged file); use "
-                           f"another of the run's checkpoints (checkpoints/step-*.pt) or its best.safetensors")
+                           f"the weights the run kept (checkpoints/step-*.safetensors) or its best.safetensors")
     if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping):
         meta = _decode_meta(obj["meta"], path)   # our training checkpoints: {"model": sd, "meta": {...}}
     return _unwrap(obj, path), meta
