@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # evaluate on the held-out quarter, then classify held-out digits saved as PNG files and extract features.
 DEMO := runs/demo
 demo: venv
-	$(BIN)/inceptionv3 train digits --out $(DEMO) --arch inception_v3 --image-size 75
+	$(BIN)/inceptionv3 train digits --out $(DEMO) --arch inception_v3 --image-size 75 --overwrite
 	$(BIN)/inceptionv3 evaluate digits --weights $(DEMO)/best.safetensors --plot $(DEMO)/confusion.png
 	$(BIN)/python -m inceptionv3.demo write-digits $(DEMO)/heldout --count 12
 	$(BIN)/inceptionv3 predict $(DEMO)/heldout --weights $(DEMO)/best.safetensors --top-k 3
