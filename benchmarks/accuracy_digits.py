@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the results as JSON")
     args = p.parse_args()
     runs = Path(args.runs)
-    common = {"workers": 0, "threads": args.threads, "arch": "inception_v3", "overwrite": True}  # reruns replace
+    common = {"workers": 0, "threads": args.threads, "arch": "inception_v3", "overwrite": True}
     demo = runs / "demo"
     results = []
     if "demo" in args.tasks or not (demo / "best.safetensors").is_file():
