@@ -90,7 +90,7 @@ def v3_file(tmp_path_factory):
 @pytest.mark.parametrize(("fmt", "out", "size", "needle"), [
     ("onnx", "m.onnx", "10", "--input-size 10"),
     ("torchscript", "m.pt", "10", "--input-size 10"),
-    ("onnx", "m.onnx", "50", "75 to"),            # inception_v3's own minimum, known once the file is read
+    ("onnx", "m.onnx", "50", "inception_v3 needs a side of 75 to"),   # inception_v3's own minimum, known once the file is read
     ("onnx", "m.onyx", None, ".onnx"),
     ("pt2", "m.pt", None, ".pt2"),
 ])

@@ -71,7 +71,7 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
 
 
 def check_target(out: str | os.PathLike, format: str, input_size: int | None,
-                 min_size: int = MINI_MIN_INPUT_SIZE) -> None:
+                 min_size: int = MINI_MIN_INPUT_SIZE, network: str = "the smallest network") -> None:
     """Refuse, before any work, an unknown format, an output name another runtime would not recognise,
     and an input side below ``min_size`` (the network's smallest; by default the smallest of any arch)
     or above ``MAX_SIDE``: ValueError naming the fix."""
@@ -82,7 +82,7 @@ def check_target(out: str | os.PathLike, format: str, input_size: int | None,
         raise ValueError(f"{out}: a {format} file is named with {' or '.join(SUFFIXES[format])}, not "
                          f"{suffix or 'no extension'}; change --out")
     if input_size is not None and not min_size <= input_size <= MAX_SIDE:
-        raise ValueError(f"--input-size {input_size}: this network needs a side of {min_size} to "
+        raise ValueError(f"--input-size {input_size}: {network} needs a side of {min_size} to "
                          f"{MAX_SIDE} pixels; pass one in that range or leave it out for the weights' own")
 
 
@@ -137,7 +137,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     """
     out = Path(out)
     model = model.cpu().eval()
-    check_target(out, format, input_size, min_input_size(model))
+    check_target(out, format, input_size, min_input_size(model), getattr(model, "arch", "this network"))
     x = _example(model, _size(model, input_size))
     metadata = export_metadata(model)
     diff = None

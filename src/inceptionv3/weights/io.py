@@ -141,8 +141,8 @@ def sniff(path: Path) -> str:
 
 def _not_weights(path: Path, kind: str) -> WeightsError:
     convert = f"inceptionv3 convert --from keras {path} --out model.safetensors"
-    exported = ("pass the weights file it was exported from (.safetensors or .pt); 'inceptionv3 export' "
-                "makes such files from weights")
+    exported = ("pass the weights file it was exported from (.safetensors or .pt) instead: 'inceptionv3 "
+                "export' makes exports from weights, and an export cannot be turned back into them")
     what = {
         "hdf5": f"a Keras (HDF5) weights file, not a PyTorch one: convert it once with '{convert}' and use "
                 f"model.safetensors",
