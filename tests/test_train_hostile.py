@@ -19,6 +19,7 @@ from inceptionv3.models.builder import build_model
 from inceptionv3.runtime.distributed import env_from_environ
 from inceptionv3.training.config import TrainConfig
 from inceptionv3.training.control import main_rank_logs
+from inceptionv3.training.setup import resolve_image_size
 from inceptionv3.training.state import TrainState, load_checkpoint
 from inceptionv3.weights.io import read_state_dict, save_model
 from inceptionv3.weights.load import load_model
@@ -92,9 +93,10 @@ def test_finetune_takes_the_input_size_of_its_weights(tmp_path, capsys, caplog):
     assert "input size 40 px, the one --weights" in caplog.text
     assert json.loads((out / "config.json").read_text())["image_size"] == 40
     assert load_model(out / "best.safetensors").meta.preprocess.input_size == 40
-    # --image-size still chooses.
-    code, _, _ = _train(capsys, "digits", "--out", str(tmp_path / "ft32"), *TINY, "--weights", str(weights))
-    assert code == 0 and json.loads((tmp_path / "ft32" / "config.json").read_text())["image_size"] == 32
+    # --image-size still chooses; without weights the size is 75.
+    given = TrainConfig(data="digits", arch="inception_mini", weights=str(weights), image_size=32)
+    assert resolve_image_size(given).image_size == 32
+    assert resolve_image_size(TrainConfig(data="digits")).image_size == 75
 
 
 def test_a_folder_of_unreadable_images_is_an_error_and_saves_no_best(tmp_path, capsys):
