@@ -1,0 +1,339 @@
+"""Serving throughput and latency: ``inceptionv3 serve`` against a plain FastAPI server that runs torchvision's
+``inception_v3`` eagerly per request (as tutorials do) and against LitServe batching the same torchvision
+model, all on 127.0.0.1, fp32, the same random weights, in one run.
+
+Each server runs alone in its own process (started, measured at every concurrency, stopped) while this
+process is the load generator: ``--concurrency`` clients (asyncio + httpx, one connection each) send
+JPEGs (distinct 500 x 375 images) back to back; the first requests of each level warm up and are not
+counted. Per level: requests/s over the timed ones, p50 and p99 latency, and the CPU this process used
+(the load generator shares the cores with the server: its cores-busy figure says how much of the
+machine it took). Levels stop after ``--max-seconds`` even if not all requests ran.
+
+Request bodies: ours and the plain server take the JPEG bytes as the body; LitServe takes JSON with the
+image in base64, as its image examples do (its request decoding is JSON or form data).
+
+Every process gets the OpenMP spin setting ``inceptionv3`` makes for itself (``GOMP_SPINCOUNT``), so that on
+a shared machine the peers are not slowed by spinning threads that ours avoids.
+
+The reference for concurrency 1: ``predict``'s engine on one preprocessed image (median of repeats) plus
+decoding and preprocessing one of the JPEGs, timed in this process before any server starts.
+
+Targets at concurrency 32: ours >= 3x the plain server's requests/s and >= 1.3x LitServe's, with p99 no
+worse than LitServe's; at concurrency 1, our p50 within 15% of the reference.
+
+Usage: python benchmarks/bench_serve.py [--requests 16,48,128] [--concurrency 1,8,32] [--max-seconds 60]
+       [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import litserve as ls
+import numpy as np
+from fastapi import FastAPI, Request
+
+from inceptionv3.runtime.threads import prepare_process
+
+STD = (0.5, 0.5, 0.5)   # the ImageNet preset of torchvision's inception_v3: mean = std = 0.5
+THROUGHPUT_VS_PLAIN, THROUGHPUT_VS_LITSERVE, C1_OVERHEAD = 3.0, 1.3, 1.15
+
+
+# -- the two reference servers (run as `bench_serve.py --serve KIND PORT WEIGHTS`) -------------------------
+
+def torchvision_model(weights: str):
+    """torchvision's inception_v3 with the benchmark's random weights, eval mode."""
+    import torch
+    from safetensors.torch import load_file
+    from torchvision.models import inception_v3
+
+    model = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    model.load_state_dict(load_file(weights), strict=True)
+    torch.set_grad_enabled(False)
+    return model.eval()
+
+
+def torchvision_transform():
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(342), transforms.CenterCrop(299), transforms.ToTensor(),
+                               transforms.Normalize(STD, STD)])
+
+
+def top5(logits) -> list[dict]:
+    probs, idx = logits.softmax(dim=-1).topk(5)
+    return [{"index": int(i), "probability": float(p)} for p, i in zip(probs, idx)]
+
+
+def serve_plain(port: int, weights: str) -> None:
+    """The tutorial server: decode, preprocess and run the model inline, one request at a time."""
+    import uvicorn
+    from PIL import Image
+
+    model, transform, app = torchvision_model(weights), torchvision_transform(), FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> list[dict]:
+        image = Image.open(io.BytesIO(await request.body())).convert("RGB")
+        return top5(model(transform(image).unsqueeze(0))[0])
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+class LitInception(ls.LitAPI):
+    """LitServe's API over the same model; at module level, since LitServe pickles it into its worker."""
+
+    def __init__(self, weights: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.weights = weights
+
+    def setup(self, device):
+        self.model, self.transform = torchvision_model(self.weights), torchvision_transform()
+
+    def decode_request(self, request):
+        from PIL import Image
+
+        return self.transform(Image.open(io.BytesIO(base64.b64decode(request["image"]))).convert("RGB"))
+
+    def batch(self, inputs):
+        import torch
+
+        return torch.stack(inputs)
+
+    def predict(self, x):
+        return self.model(x)
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, output):
+        return top5(output)
+
+
+def serve_litserve(port: int, weights: str) -> None:
+    """LitServe with its batching (up to 32 requests, 5 ms batch timeout) over the same model."""
+    server = ls.LitServer(LitInception(weights, max_batch_size=32, batch_timeout=0.005), accelerator="cpu",
+                          workers_per_device=1, timeout=120)
+    server.run(host="127.0.0.1", port=port, generate_client_file=False, num_api_servers=1)
+
+
+# -- the load generator ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_inputs(folder: Path, n: int = 8) -> tuple[Path, list[bytes]]:
+    """Random weights (saved once, read by all three servers) and ``n`` distinct JPEGs."""
+    import torch
+    from PIL import Image
+    from torchvision.models import inception_v3
+
+    from inceptionv3 import build_model
+    from inceptionv3.weights.io import save_model
+    from inceptionv3.weights.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    reference = inception_v3(weights=None, aux_logits=False, init_weights=True).eval()
+    ours = build_model("inception_v3", num_classes=1000, aux_logits=False)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    weights = folder / "random.safetensors"
+    save_model(ours, weights, preprocess=Preprocess())
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for _ in range(n):
+        small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)   # smooth content, photo-like file sizes
+        img = Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    return weights, jpegs
+
+
+def reference_latency(weights: Path, jpeg: bytes, repeats: int = 10) -> dict:
+    """``predict``'s engine on one image (median) and decoding + preprocessing one JPEG (median), seconds."""
+    import torch
+
+    from inceptionv3.data.decode import load_image
+    from inceptionv3.engine.engine import build_engine
+    from inceptionv3.engine.inputs import model_transform
+    from inceptionv3.weights.load import load_model
+
+    model = load_model(weights)
+    engine, transform = build_engine(model, "logits"), model_transform(model)
+    x = transform(load_image("bench.jpg", data=jpeg)).unsqueeze(0)
+    for _ in range(3):
+        engine(x)
+    model_s, decode_s = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        engine(x)
+        model_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        transform(load_image("bench.jpg", data=jpeg))
+        decode_s.append(time.perf_counter() - t)
+    del engine, model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"model_s": statistics.median(model_s), "decode_s": statistics.median(decode_s)}
+
+
+async def load(url: str, bodies: list[tuple[bytes, dict]], concurrency: int, requests: int, warmup: int,
+               max_seconds: float) -> dict:
+    """``requests`` timed requests (after ``warmup``) from ``concurrency`` clients sending back to back."""
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    counter = iter(range(10**9))
+
+    async def client(c: httpx.AsyncClient, stop_at: float, sink: list[float] | None, todo: int) -> None:
+        nonlocal failures
+        while True:
+            i = next(counter)
+            if i >= todo or time.perf_counter() > stop_at:
+                return
+            body, headers = bodies[i % len(bodies)]
+            t = time.perf_counter()
+            r = await c.post(url, content=body, headers=headers)
+            if r.status_code != 200:
+                failures += 1
+            elif sink is not None:
+                sink.append(time.perf_counter() - t)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as c:
+        await asyncio.gather(*(client(c, time.perf_counter() + max_seconds, None, warmup)
+                               for _ in range(concurrency)))
+        counter = iter(range(10**9))
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client(c, t0 + max_seconds, latencies, requests) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    q = np.quantile(latencies, [0.5, 0.99]) if latencies else [float("nan")] * 2
+    return {"concurrency": concurrency, "requests": len(latencies), "failures": failures,
+            "req_per_s": len(latencies) / wall, "p50_ms": 1000 * q[0], "p99_ms": 1000 * q[1],
+            "loadgen_cpu_s": cpu, "loadgen_cores": cpu / wall}
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"no answer from {url} within {seconds} s")
+
+
+def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[int, int]],
+               max_seconds: float) -> list[dict]:
+    port = free_port()
+    if kind == "inceptionv3":
+        cmd = [sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--port", str(port),
+               "--max-batch", "32", "--max-delay-ms", "5", "--precision", "fp32", "--backend", "torch"]
+        url, probe = f"http://127.0.0.1:{port}/v1/predict", f"http://127.0.0.1:{port}/v2/health/ready"
+    else:
+        cmd = [sys.executable, __file__, "--serve", kind, str(port), str(weights)]
+        url, probe = f"http://127.0.0.1:{port}/predict", f"http://127.0.0.1:{port}/health"
+    if kind == "litserve":
+        bodies = [(json.dumps({"image": base64.b64encode(j).decode()}).encode(),
+                   {"content-type": "application/json"}) for j in jpegs]
+    else:
+        bodies = [(j, {"content-type": "image/jpeg"}) for j in jpegs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(probe, proc)
+        rows = []
+        for concurrency, requests in levels:
+            row = asyncio.run(load(url, bodies, concurrency, requests, warmup=max(2, concurrency),
+                                   max_seconds=max_seconds))
+            row["server"] = kind
+            rows.append(row)
+            print(f"  {kind:12s} c={concurrency:<3d} {row['req_per_s']:7.2f} req/s  p50 {row['p50_ms']:8.1f} ms  "
+                  f"p99 {row['p99_ms']:8.1f} ms  ({row['requests']} requests, {row['failures']} failed; "
+                  f"load generator {row['loadgen_cores']:.2f} cores)", flush=True)
+        return rows
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "WEIGHTS"), help=argparse.SUPPRESS)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--requests", default="16,48,128", help="timed requests per concurrency level")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time bound per level")
+    p.add_argument("--servers", default="inceptionv3,plain,litserve")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    # The OpenMP setting our command makes before torch loads (runtime.threads.prepare_process), here for
+    # this process and, inherited, for every server: the comparison is of the servers, not of spin-waits.
+    prepare_process()
+    if args.serve:
+        kind, port, weights = args.serve
+        (serve_plain if kind == "plain" else serve_litserve)(int(port), weights)
+        return
+    levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, jpegs = make_inputs(Path(tmp))
+        ref = reference_latency(weights, jpegs[0])
+        print(f"reference: predict's engine on one image {1000 * ref['model_s']:.1f} ms + decoding "
+              f"{1000 * ref['decode_s']:.1f} ms; {os.cpu_count()} cores", flush=True)
+        rows = []
+        for kind in args.servers.split(","):
+            rows += run_server(kind, weights, jpegs, levels, args.max_seconds)
+    by = {(r["server"], r["concurrency"]): r for r in rows}
+    top = max(c for c, _ in levels)
+    checks = {}
+    if ("inceptionv3", top) in by and ("plain", top) in by:
+        checks[f"c={top} vs plain (>= {THROUGHPUT_VS_PLAIN}x)"] = \
+            by["inceptionv3", top]["req_per_s"] / by["plain", top]["req_per_s"]
+    if ("inceptionv3", top) in by and ("litserve", top) in by:
+        checks[f"c={top} vs LitServe (>= {THROUGHPUT_VS_LITSERVE}x)"] = \
+            by["inceptionv3", top]["req_per_s"] / by["litserve", top]["req_per_s"]
+        checks[f"c={top} p99 LitServe / ours (>= 1)"] = by["litserve", top]["p99_ms"] / by["inceptionv3", top]["p99_ms"]
+    if ("inceptionv3", 1) in by:
+        checks[f"c=1 p50 / reference (<= {C1_OVERHEAD})"] = \
+            by["inceptionv3", 1]["p50_ms"] / (1000 * (ref["model_s"] + ref["decode_s"]))
+    print("\n| server | concurrency | req/s | p50 ms | p99 ms | requests | load generator cores |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['server']} | {r['concurrency']} | {r['req_per_s']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+              f"| {r['requests']} | {r['loadgen_cores']:.2f} |")
+    print()
+    for name, value in checks.items():
+        print(f"{name}: {value:.2f}")
+    if args.json:
+        import platform
+
+        import torch
+        Path(args.json).write_text(json.dumps({"rows": rows, "reference": ref, "checks": checks,
+                                               "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                                               "machine": platform.processor() or platform.machine()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
