@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import stat
 import threading
 import urllib.request
 import zipfile
@@ -373,3 +375,12 @@ def test_cache_command_lists_and_clears_only_its_files(mini_file, monkeypatch, c
     assert main(["cache", "clear"]) == 0
     assert "left 1 file(s) inceptionv3 did not make" in capsys.readouterr().out
     assert [p.name for p in hub.weights_dir().iterdir()] == ["my-notes.txt"]
+
+
+def test_saved_models_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = weights_io.save_model(_mini(), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and weights_load.load_model(path).num_classes == 10
