@@ -44,7 +44,7 @@ from .fuse import PooledConv, fuse_for_inference, has_batch_norm, has_fused_sibl
 from .inputs import calibration_tensor
 from .onnx import export_onnx
 from .options import MIN_CALIBRATION_IMAGES, EngineOptions, engine_options
-from .resolve import resolve_engine
+from .resolve import faster, resolve_engine, worth_timing
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ DIRECT = EngineOptions(device="cpu", backend="torch")
 # fuses a conv with its ReLU but not a pool + bias + ReLU, and OpenVINO's int8 kernels ran the moved
 # pools' quantized graph wrongly, so both keep the plain graph.
 POOLS_MOVED = {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8")}
+
+
+# precision "auto" times bf16 against fp32 on this many images of the first batch, for jobs of at least
+# PROBE_MIN_IMAGES images (smaller ones would spend a noticeable share of their time on the comparison).
+PROBE_IMAGES = 2
+PROBE_MIN_IMAGES = 64
 
 
 class Head(nn.Module):
@@ -92,10 +98,15 @@ class Engine:
         self.build_seconds = 0.0
         self.cache_files: list[Path] = []
         self.folded_bn = True      # build_engine says whether the network had batch norm to fold
+        # precision "auto" on a shared multi-core CPU: the fp32 graph beside the bf16 one until the first
+        # batch has timed both (``resolve.faster``); then only the faster is kept.
+        self.fp32_alternative: nn.Module | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
             raise ValueError(f"engine input must be N x C x H x W, got shape {tuple(images.shape)}")
+        if self.fp32_alternative is not None:
+            self._choose_precision(images[:PROBE_IMAGES])
         if self.backend == "torch":
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             x = images.to(self.device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -104,6 +115,21 @@ class Engine:
         run = self._session(tuple(images.shape[1:]))
         x = np.ascontiguousarray(images.detach().cpu().float().numpy())
         return torch.from_numpy(run(x)).float()
+
+    def _choose_precision(self, sample: torch.Tensor) -> None:
+        """Keep bf16 or switch to fp32, whichever runs ``sample`` faster here and now."""
+        graphs = {"bf16": self.module, "fp32": self.fp32_alternative}
+        self.fp32_alternative = None
+
+        def run(precision: str) -> None:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            x = sample.to(self.device, dtype).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                Head(graphs[precision], self.output).eval()(x)
+
+        self.precision = faster(run, "bf16", "fp32", "precision", rounds=1)
+        self.module = graphs[self.precision]
+        self.head = Head(self.module, self.output).eval()
 
     def describe(self) -> str:
         arch = getattr(self.module, "arch", type(self.module).__name__)
@@ -251,6 +277,11 @@ def build_engine(model: nn.Module, output: str = "logits", options: EngineOption
     else:
         fused = fused.cpu()
     engine = Engine(fused, output, precision, backend, dev, calibration)
+    if (options.precision == "auto" and backend == "torch" and precision == "bf16"
+            and images is not None and images >= PROBE_MIN_IMAGES
+            and worth_timing(dev, torch.get_num_threads(), env_from_environ().distributed)):
+        engine.fp32_alternative = fuse_for_inference(model, siblings=True).to(
+            dev, torch.float32, memory_format=torch.channels_last)
     engine.folded_bn = has_batch_norm(model)
     engine.build_seconds = time.perf_counter() - t0
     # Under torchrun every rank builds the same engine: one line (rank 0's) says what runs.

@@ -1,9 +1,20 @@
 """Which precision and backend run: what this machine has (native bf16, installed runtimes), the "auto"
 policy, and one clear error for a choice that cannot run here.
+
+bf16 being native does not make it the faster choice everywhere: on a few shared cores a 2-thread
+kernel waits at every barrier for the thread whose core another process holds, and the bf16 kernels
+(more, shorter parallel regions for reorders and small convolutions) can lose far more than fp32 there
+(docs/performance.md). So where "auto" has a real choice on a multi-threaded CPU, it times both on the
+job's own network and shapes for a moment and takes the faster (``faster``); elsewhere the native-bf16
+rule stands.
 """
 from __future__ import annotations
 
 import importlib.util
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +27,13 @@ from .options import (
     PRECISIONS,
     SUPPORTED,
 )
+
+log = logging.getLogger(__name__)
+
+# Rounds of the timed comparison after one warm-up call each; the static choice is kept unless the
+# other is faster by more than the margin, so timing noise on a quiet machine changes nothing.
+PROBE_ROUNDS = 2
+PROBE_MARGIN = 1.05
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -121,3 +139,39 @@ def resolve_engine(precision: str, backend: str, device: str | torch.device = "c
     wanted = ("bf16" if native_bf16(dev) else "fp32") if precision == "auto" else precision
     backend = resolve_backend(backend, wanted, dev, output, images)
     return resolve_precision(precision, dev, backend), backend
+
+
+def worth_timing(device: str | torch.device, threads: int, distributed: bool = False) -> bool:
+    """Whether "auto" should time fp32 against bf16 rather than take the native-bf16 rule.
+
+    Only a CPU with native bf16 has a choice, and only several compute threads meet the barrier
+    stalls that make it matter. One thread (as in the test suite) keeps the static rule, and so do
+    torchrun ranks, which must all make the same choice."""
+    dev = torch.device(device)
+    return dev.type == "cpu" and threads > 1 and not distributed and native_bf16(dev)
+
+
+def time_alternating(run: Callable[[str], object], candidates: Sequence[str], rounds: int = PROBE_ROUNDS,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of ``run(candidate)`` for each candidate: one untimed warm-up call each (kernel
+    selection, caches), then ``rounds`` rounds in alternating order, so a load that comes and goes
+    falls on all of them alike."""
+    for c in candidates:
+        run(c)
+    times: dict[str, list[float]] = {c: [] for c in candidates}
+    for r in range(rounds):
+        for c in (candidates if r % 2 == 0 else list(reversed(candidates))):
+            t0 = clock()
+            run(c)
+            times[c].append(clock() - t0)
+    return {c: statistics.median(v) for c, v in times.items()}
+
+
+def faster(run: Callable[[str], object], static: str, other: str, what: str, rounds: int = PROBE_ROUNDS,
+           clock: Callable[[], float] = time.perf_counter) -> str:
+    """``static`` unless timing ``run`` shows ``other`` faster by more than ``PROBE_MARGIN``; logs both."""
+    times = time_alternating(run, (static, other), rounds, clock)
+    choice = other if times[other] * PROBE_MARGIN < times[static] else static
+    log.info("%s auto: %s (timed here: %s)", what, choice,
+             ", ".join(f"{c} {1000 * t:.0f} ms" for c, t in times.items()))
+    return choice

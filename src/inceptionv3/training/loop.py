@@ -267,14 +267,51 @@ def epoch_totals(st: EpochState, optimizer: torch.optim.Optimizer, env: DistEnv,
     }
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """`--amp auto` -> "bf16" where the device has native bf16, else "off"; other values as given.
+# `--amp auto` times fp32 against bf16 for runs of at least this many optimizer steps (the timing
+# costs about six, which would be a noticeable share of a shorter run).
+AMP_TIMING_MIN_STEPS = 60
 
-    bf16 keeps fp32's exponent range, so it needs no loss scaling; on the digits it reaches fp32's
-    accuracy target (docs/performance.md). fp16 is never chosen automatically."""
+
+def resolve_amp(amp: str, device: torch.device, net: nn.Module | None = None, cfg: TrainConfig | None = None,
+                distributed: bool = False, steps: int = 0) -> str:
+    """`--amp auto` -> "bf16" or "off"; other values as given.
+
+    "auto" is bf16 where the device has native bf16, else fp32 (bf16 keeps fp32's exponent range, so it
+    needs no loss scaling; on the digits it reaches fp32's accuracy target, docs/performance.md). Given
+    the network and its config on a multi-threaded CPU, "auto" also times a few training steps of each
+    on a copy of the network and takes bf16 only where it is not the slower (``resolve.faster``): on
+    shared cores bf16 can lose to fp32 several times over. The timing costs about six steps, so runs of
+    fewer than ``AMP_TIMING_MIN_STEPS`` optimizer `steps` keep the static rule. fp16 is never chosen
+    automatically."""
     if amp != "auto":
         return amp
-    return "bf16" if resolve.native_bf16(device) else "off"   # the one detection `--precision auto` uses
+    static = "bf16" if resolve.native_bf16(device) else "off"   # the one detection `--precision auto` uses
+    if (static == "off" or net is None or cfg is None or steps < AMP_TIMING_MIN_STEPS
+            or not resolve.worth_timing(device, torch.get_num_threads(), distributed)):
+        return static
+    return resolve.faster(_amp_step(net, cfg, device), "bf16", "off", "--amp")
+
+
+def _amp_step(net: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[str], None]:
+    """One forward and backward at the run's image size and (up to 16 of) its batch, on a copy of `net`:
+    the run's weights, batch-norm statistics and gradients stay as they are."""
+    import copy
+
+    probe = copy.deepcopy(net).train()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    n = max(2, min(cfg.batch_size, 16))   # batch norm needs 2 samples in train mode
+    images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=g).to(device, memory_format=layout)
+    labels = torch.zeros(n, dtype=torch.long, device=device)   # class 0 exists in every head
+
+    def step(amp: str) -> None:
+        with autocast(device, amp):
+            logits, aux = probe.forward_train(images)
+            loss = compute_loss(logits, aux, labels, cfg)
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+
+    return step
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:

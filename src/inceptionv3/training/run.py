@@ -14,6 +14,7 @@ loadable by `weights.load_model`), confusion.json, bad_images.txt and tensorboar
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -278,7 +279,8 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device, workers: int
         net = dist_mod.unwrap(model)   # SyncBatchNorm made a new module
     model = compile_model(model, cfg)
     optimizer, scheduler = build_optimizer(net, cfg, sampler.steps_per_epoch)
-    amp = resolve_amp(cfg.amp, device)
+    amp = resolve_amp(cfg.amp, device, None if cached else net, cfg, env.distributed,
+                      steps=sampler.steps_per_epoch * cfg.epochs)
     return Run(cfg=cfg, env=env, device=device, out=out, pre=pre, classes=classes, aux=aux, net=net,
                model=model, sampler=sampler, train_loader=train_loader, val_loader=val_loader,
                optimizer=optimizer, scheduler=scheduler,
@@ -465,7 +467,8 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, progress: bool) -> dict
     run.resume_at = None
     run.sampler.set_epoch(epoch, st.step)
     try:
-        tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.cfg, run.device,
+        tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler,
+                             dataclasses.replace(run.cfg, amp=run.amp), run.device,
                              epoch, progress and run.env.is_main, state=st, env=run.env,
                              should_stop=lambda: bool(stop), on_step=functools.partial(on_step, run),
                              ema=run.ema, scaler=run.scaler)
