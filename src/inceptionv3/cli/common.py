@@ -165,13 +165,17 @@ def csv_of(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+_METRIC_INPUT = ("image folder (or glob, @list.txt), sample set (.zip, .npy / .npz images, "
+                 "shards-{000..009}.tar) or .npz statistics file")
+
+
 def add_metric_parser(sub: argparse._SubParsersAction, name: str, helptext: str, inputs: int,
                       description: str) -> argparse.ArgumentParser:
     """The flags fid, kid, is and stats share: inputs, weights, mode, tap, batching and output."""
     p = sub.add_parser(name, help=helptext, description=description)
-    p.add_argument("a", metavar="A", help="image folder (or glob, @list.txt) or .npz statistics file")
+    p.add_argument("a", metavar="A", help=_METRIC_INPUT)
     if inputs == 2:
-        p.add_argument("b", metavar="B", help="image folder (or glob, @list.txt) or .npz statistics file")
+        p.add_argument("b", metavar="B", help=_METRIC_INPUT)
     p.add_argument("--weights", default="fid", help="registry name or weights file (default fid)")
     # fid scores images the way a given statistics file was made unless told otherwise.
     from_stats = " (default: a statistics input's, else {})" if name == "fid" else " (default {})"
