@@ -22,7 +22,7 @@ _API = {
     "load_model": "weights.load", "load_weights": "weights.load", "save_model": "weights.io",
     "Preprocess": "weights.preprocess", "load_image": "data.decode",
     "predict": "tasks.predict", "extract_features": "tasks.features", "save_features": "tasks.features",
-    "evaluate": "tasks.evaluate", "EngineOptions": "engine.options",
+    "evaluate": "tasks.evaluate", "explain": "tasks.explain", "EngineOptions": "engine.options",
     "TrainConfig": "training.config", "train": "training.run",
     "metrics": "",
 }
@@ -39,6 +39,7 @@ if TYPE_CHECKING:   # what static tools see; at run time the names above resolve
     from .models.summary import summarize
     from .models.taps import TAPS
     from .tasks.evaluate import evaluate
+    from .tasks.explain import explain
     from .tasks.features import extract_features, save_features
     from .tasks.predict import predict
     from .training.config import TrainConfig
