@@ -80,8 +80,9 @@ def extract_features(
 
     ``resume``: a folder that keeps finished rows as they come (every ``FLUSH_ROWS`` images or
     ``FLUSH_SECONDS``, and when the run is interrupted); called again with the same folder, inputs,
-    weights, layer and precision, only the missing images are computed. A folder from another job is
-    an error; ``restart`` discards the folder's rows first. Remove the folder once the result is saved
+    weights, layer and precision, only the missing images are computed, on the engine (backend,
+    precision) that computed the kept rows. A folder holding rows of another job is an error; one
+    without rows is taken over; ``restart`` discards the folder's rows first. Remove the folder once the result is saved
     (``discard_partial``; the command does).
     """
     if layer not in TAPS:
@@ -99,7 +100,7 @@ def extract_features(
         if env.is_main:
             discard_partial(resume)
         dist_mod.barrier(env)
-    saved = _Saved(Path(resume), _job(model, paths, layer, options.precision), env.rank, env.is_main) \
+    saved = _Saved(Path(resume), _job(model, paths, layer, options.precision), env.rank) \
         if resume is not None else None
     done, done_failed = saved.load() if saved else ({}, {})
     if saved and saved.engine and (done or done_failed):
@@ -176,8 +177,8 @@ class _Saved:
     indices, their features, and the failed images. A folder of another job with no rows is taken over.
     """
 
-    def __init__(self, folder: Path, job: str, rank: int, main: bool = True) -> None:
-        self.folder, self.job, self.rank, self.main = folder, job, rank, main
+    def __init__(self, folder: Path, job: str, rank: int) -> None:
+        self.folder, self.job, self.rank = folder, job, rank
         self.engine: dict | None = None
         self.rows: list[tuple[int, np.ndarray]] = []
         self.failed: list[tuple[int, str]] = []
@@ -226,7 +227,8 @@ class _Saved:
         self.last = time.monotonic()
         if not self.rows and not self.failed:
             return
-        if not self.wrote_manifest and self.main:    # before the first part: a part is never without it
+        if not self.wrote_manifest:    # before this rank's first part: a part is never without it
+            # (every rank writes the same manifest, atomically, so no rank's part waits for another rank)
             write_text_atomic(self.folder / "manifest.json",
                               json.dumps({"job": self.job, "engine": self.engine}) + "\n")
             self.wrote_manifest = True
