@@ -152,3 +152,5 @@ def test_bad_sample_sets_get_one_line(sets, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.npz").exists()
+    with pytest.raises(ValueError, match="a sample set is a source of its own"):
+        metrics.compute_stats([sets["root"] / "set.zip", sets["folder"]], sets["net"])

@@ -66,7 +66,12 @@ def _read_stats(path: PathLike) -> Stats:
 
 
 def _image_paths(source: PathLike | Sequence[PathLike]) -> list[Path]:
-    return expand_paths([source] if isinstance(source, (str, os.PathLike)) else list(source))
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    archive = next((x for x in items if len(items) > 1 and is_sample_set(x)), None)
+    if archive is not None:
+        raise ValueError(f"{archive}: a sample set is a source of its own; pass one archive, array file or "
+                         f"shard pattern per set, not in a list with other inputs")
+    return expand_paths(items)
 
 
 def _plan(net: FeatureNet | None, *sources: Any) -> None:
