@@ -138,7 +138,7 @@ def test_resume_takes_the_saved_flags_and_extends_a_finished_run(finished, tmp_p
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     code, _, err = _train(capsys, "--resume", str(run), "--no-progress")
-    assert code == 2 and "the run finished its 1 epochs; pass --epochs N with N > 1" in _one_line(err)
+    assert code == 2 and "the run finished its 1 epoch; pass --epochs N with N > 1" in _one_line(err)
     code, _, err = _train(capsys, "--resume", str(run), "--lr", "0.5", "--seed", "3")
     line = _one_line(err)
     assert code == 2 and "--lr (the run has 0.002, given 0.5), --seed (the run has 0, given 3)" in line

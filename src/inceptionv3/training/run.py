@@ -239,7 +239,8 @@ def find_checkpoint(cfg: TrainConfig) -> tuple[TrainState, Path] | None:
     check_resume_config(state.config, cfg)
     if state.epoch >= cfg.epochs:
         more = "finished its" if state.epoch == cfg.epochs and not state.mid_epoch else "has trained"
-        raise ValueError(f"--resume {cfg.resume}: the run {more} {state.epoch} epochs; pass --epochs N with "
+        epochs = f"{state.epoch} epoch{'s' if state.epoch != 1 else ''}"
+        raise ValueError(f"--resume {cfg.resume}: the run {more} {epochs}; pass --epochs N with "
                          f"N > {state.epoch} to train it further")
     return state, path
 
