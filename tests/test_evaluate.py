@@ -215,3 +215,41 @@ def test_evaluate_with_crops_on_digits(tmp_path):
     assert twelve["loss"] != pytest.approx(one["loss"], rel=1e-6)   # other views, other numbers
     with pytest.raises(ValueError, match="--crops 3"):
         evaluate("digits", str(path), workers=0, device="cpu", crops=3)
+
+
+def _labelled_folder(root, unreadable: int):
+    """root/val/{a,b}: two images per class, the first ``unreadable`` of them not images at all."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    k = 0
+    for c in "ab":
+        (root / "val" / c).mkdir(parents=True)
+        for i in range(2):
+            p = root / "val" / c / f"{i}.png"
+            if k < unreadable:
+                p.write_bytes(b"not an image")
+            else:
+                Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(p)
+            k += 1
+    (root / "train").mkdir()
+    for c in "ab":
+        (root / "train" / c).mkdir()
+    return root
+
+
+def test_cli_exit_codes_for_unreadable_images_and_no_top_k_of_two_classes(tmp_path, capsys):
+    from inceptionv3.cli.main import main
+    path = _saved_mini(tmp_path, ["a", "b"])
+    common = ["--weights", str(path), "--workers", "0", "--device", "cpu"]
+    assert main(["evaluate", str(_labelled_folder(tmp_path / "ok", 0)), *common]) == 0
+    out = capsys.readouterr().out
+    assert "top-1:" in out and "top-2" not in out and "top-5" not in out     # 2 classes: top-1 only
+    assert main(["evaluate", str(_labelled_folder(tmp_path / "some", 1)), *common]) == 1
+    out, err = capsys.readouterr()
+    assert "images: 3 (skipped 1 unreadable)" in out and "1 images could not be read" in err
+    plot = tmp_path / "c.png"
+    assert main(["evaluate", str(_labelled_folder(tmp_path / "none", 4)), *common, "--plot", str(plot)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and not plot.exists()                                   # no result, no drawing
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "none of the 4 images of the val split could be read" in errors[0]
