@@ -1,6 +1,7 @@
 """The command end to end: generated images, a generated weights file, every bad-image kind."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -289,3 +290,22 @@ def test_train_and_evaluate_from_a_csv_list(tmp_path, capsys):
                            "--val-fraction", "0.25")
     report = json.loads(out)
     assert code == 0 and report["n"] + report["skipped"] == 4 and report["class_names"] == ["3", "12"]
+
+
+def test_names_with_line_breaks_stay_one_line_in_predict_outputs(tmp_path, model_file, capsys):
+    from inceptionv3.runtime.files import unquote_path
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    names = ["new\nline.png", "tab\there.png", "broken\nname.png"]
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(folder / names[0])
+    Image.new("RGB", (40, 40), (10, 200, 20)).save(folder / names[1])
+    (folder / names[2]).write_bytes(b"not an image")
+    code, out, _ = run_cli(capsys, "predict", str(folder), "--weights", str(model_file), "--top-k", "1",
+                           "--workers", "0")
+    assert code == 1
+    listed = [unquote_path(line) for line in out.splitlines() if not line.startswith(" ")]
+    assert sorted(Path(p).name for p in listed) == sorted(names)    # one line per image, names intact
+    code, out, _ = run_cli(capsys, "predict", str(folder), "--weights", str(model_file), "--top-k", "1",
+                           "--workers", "0", "--format", "csv")
+    rows = list(csv.reader(out.splitlines(keepends=True)))
+    assert sorted(Path(r[0]).name for r in rows[1:]) == sorted(names)
