@@ -161,6 +161,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_nothing_blocks_the_next(job
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"pid {os.getpid()}" in err and "another --out" in err
     assert not out.exists() and not (tmp_path / "f.npz.partial").exists()
+    (tmp_path / "f.npz.lock").write_text("4194304\n")   # a killed run's lock file: nobody holds its lock
     assert main(_argv(job, out)) == 1                # the broken image; no lock or folder left behind
     assert out.exists() and not (tmp_path / "f.npz.lock").exists()
     assert not (tmp_path / "f.npz.partial").exists()

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import typing
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ from ..engine.options import (
     EngineOptions,
 )
 from ..metrics.modes import DIMS, METRIC_OPTIONS, MODES
-from ..runtime.files import WriteError, os_error_reason, quote_path
+from ..runtime.files import WriteError, os_error_reason, quote_path, temp_name
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -52,9 +51,9 @@ def check_output(path: str | os.PathLike, flag: str) -> Path:
     if not existing.is_dir():
         raise CommandError(f"{flag} {quote_path(path)}: {quote_path(existing)} is not a folder; "
                            "choose another path")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".inceptionv3-probe-")
-        os.close(fd)
+    try:   # a temporary name of ours: should the process die right here, the next write cleans it up
+        probe = temp_name(existing / path.name)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         os.unlink(probe)
     except OSError as e:
         what = "write into" if existing == folder else "create a folder in"
