@@ -120,6 +120,20 @@ def open_samples(source: str | os.PathLike, transform: Transform | None = None,
     raise InputError(f"{text}: not a sample set; expected a {_ARCHIVES}")
 
 
+def count_samples(source: str | os.PathLike) -> int | None:
+    """How many images the sample set ``source`` holds, from its index or array header alone (None for
+    tar shards, which say only when read)."""
+    text = os.fspath(source)
+    suffix = Path(text).suffix.lower()
+    if suffix in (".npy", ".npz"):
+        p = Path(text)
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+        return (_npy_layout(p) if suffix == ".npy" else _npz_layout(p)).shape[0]
+    samples = open_samples(text)
+    return None if isinstance(samples, TarShards) else len(samples)
+
+
 def _decode(data: bytes, name: str, transform: Transform | None, mode: str) -> SampleItem:
     try:
         img = load_image(name, mode, data=data)

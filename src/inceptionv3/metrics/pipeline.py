@@ -27,7 +27,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.paths import expand_paths
-from ..data.samples import TarShards, is_sample_set, npz_holds_statistics, open_samples, sample_batches
+from ..data.samples import (
+    TarShards,
+    count_samples,
+    is_sample_set,
+    npz_holds_statistics,
+    open_samples,
+    sample_batches,
+)
 from ..engine.inputs import decoded_batches, thread_budget
 from ..engine.options import EngineOptions, PathLike, engine_options
 from ..runtime import distributed as dist_mod
@@ -83,8 +90,7 @@ def _plan(net: FeatureNet | None, *sources: Any) -> None:
 def _known_count(source: PathLike | Sequence[PathLike]) -> int | None:
     """Images in a path source known before reading it (None for tar shards, whose count is not)."""
     if is_sample_set(source):
-        samples = open_samples(source)
-        return None if isinstance(samples, TarShards) else len(samples)
+        return count_samples(source)
     return len(_image_paths(source))
 
 
