@@ -280,8 +280,12 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device, workers: int
         net = dist_mod.unwrap(model)   # SyncBatchNorm made a new module
     model = compile_model(model, cfg)
     optimizer, scheduler = build_optimizer(net, cfg, sampler.steps_per_epoch)
-    amp = resolve_amp(cfg.amp, device, None if cached else net, cfg, env.distributed,
-                      steps=sampler.steps_per_epoch * cfg.epochs)
+    # A resumed run keeps the precision "auto" chose when it started (its epochs record it), so that
+    # its steps are computed as the uninterrupted run's were.
+    recorded = next((r["amp"] for r in reversed(resumed.history or []) if r.get("amp")), None) \
+        if resumed is not None and cfg.amp == "auto" else None
+    amp = recorded or resolve_amp(cfg.amp, device, None if cached else net, cfg, env.distributed,
+                                  steps=sampler.steps_per_epoch * cfg.epochs)
     return Run(cfg=cfg, env=env, device=device, out=out, pre=pre, classes=classes, aux=aux, net=net,
                model=model, sampler=sampler, train_loader=train_loader, val_loader=val_loader,
                optimizer=optimizer, scheduler=scheduler,
@@ -444,7 +448,7 @@ def train_epochs(run: Run, stop: StopRequest, progress: bool) -> None:
                 "epoch": epoch, "train_loss": tr["loss"], "train_acc1": tr["acc1"], "lr": tr["lr"],
                 "val_loss": va["loss"], "val_acc1": va["top1"], "val_acc5": va["top5"],
                 "skipped": tr["skipped"] + va["skipped"], "nonfinite_steps": tr["nonfinite"],
-                "seconds": tr["seconds"],
+                "seconds": tr["seconds"], "amp": run.amp,
             }
             run.history.append(record)
             improved = va["top1"] > run.best_acc1
@@ -516,7 +520,7 @@ def write_epoch(run: Run, tb, record: dict[str, Any], train_bad: list, val_bad: 
     write_bad_images(run.out / BAD_IMAGES_FILE, record["epoch"], train_bad, val_bad)
     if tb is not None:
         for key, value in record.items():
-            if key != "epoch":
+            if key != "epoch" and isinstance(value, (int, float)):   # scalars (not the precision's name)
                 tb.add_scalar(TB_TAGS.get(key, key), value, record["epoch"])
         tb.flush()
 
