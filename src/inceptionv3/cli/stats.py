@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .common import (
@@ -33,8 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import warnings
-
     from ..metrics.stats import StatsMismatchError, check_compatible, describe, has_spatial, load_stats
     files = [f for f in (args.a, args.b) if f]
     loaded = []
@@ -73,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.pipeline import compute_stats
     from ..metrics.stats import save_stats
     kwargs = metric_kwargs(args)
-    stats = compute_stats(args.a, dims=args.dims, **kwargs)
-    spatial = compute_stats(args.a, dims=SFID_DIMS, **kwargs) if args.sfid else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = compute_stats(args.a, dims=args.dims, **kwargs)
+        spatial = compute_stats(args.a, dims=SFID_DIMS, **kwargs) if args.sfid else None
+    for w in dict.fromkeys(str(w.message) for w in caught):
+        print(f"inceptionv3 stats: warning: {w}", file=sys.stderr)
     with output_errors(args.out, "--out"):
         out = save_stats(stats, args.out, spatial)
     extra = " and sFID's spatial statistics" if spatial is not None else ""
