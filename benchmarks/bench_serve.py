@@ -21,8 +21,11 @@ decoding and preprocessing one of the JPEGs, timed in this process before any se
 Targets at concurrency 32: ours >= 3x the plain server's requests/s and >= 1.3x LitServe's, with p99 no
 worse than LitServe's; at concurrency 1, our p50 within 15% of the reference.
 
+``--soak SECONDS`` instead keeps our server busy at concurrency 8 for that long and reports its resident
+set after the warm-up and at the end (memory should stay flat).
+
 Usage: python benchmarks/bench_serve.py [--requests 16,48,128] [--concurrency 1,8,32] [--max-seconds 60]
-       [--json FILE]
+       [--json FILE] | --soak 120
 """
 from __future__ import annotations
 
@@ -243,6 +246,45 @@ def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
     sys.exit(f"no answer from {url} within {seconds} s")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set of a process, MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(weights: Path, jpegs: list[bytes], seconds: float, concurrency: int = 8) -> dict:
+    """Our server under steady load for ``seconds``: its resident set after the warm-up and at the end."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    bodies = [(j, {"content-type": "image/jpeg"}) for j in jpegs]
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", proc)
+        asyncio.run(load(url, bodies, concurrency, 2 * concurrency, warmup=concurrency, max_seconds=seconds))
+        start = rss_mb(proc.pid)
+        samples = [start]
+        t0 = time.monotonic()
+        done = 0
+        while time.monotonic() - t0 < seconds:
+            row = asyncio.run(load(url, bodies, concurrency, 10**9, warmup=0,
+                                   max_seconds=min(20.0, seconds - (time.monotonic() - t0))))
+            done += row["requests"]
+            samples.append(rss_mb(proc.pid))
+        result = {"seconds": seconds, "requests": done, "rss_start_mb": start, "rss_end_mb": samples[-1],
+                  "rss_max_mb": max(samples), "rss_samples_mb": [round(x, 1) for x in samples]}
+        print(f"soak: {done} requests in {seconds:.0f} s at concurrency {concurrency}; resident set "
+              f"{start:.0f} MB after warm-up, {samples[-1]:.0f} MB at the end (max {max(samples):.0f} MB); "
+              f"every 20 s: {', '.join(f'{x:.0f}' for x in samples)}",
+              flush=True)
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[int, int]],
                max_seconds: float) -> list[dict]:
     port = free_port()
@@ -287,6 +329,8 @@ def main() -> None:
     p.add_argument("--requests", default="16,48,128", help="timed requests per concurrency level")
     p.add_argument("--max-seconds", type=float, default=60.0, help="time bound per level")
     p.add_argument("--servers", default="inceptionv3,plain,litserve")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="only a memory soak of our server at concurrency 8 for SECONDS")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     # The OpenMP setting our command makes before torch loads (runtime.threads.prepare_process), here for
@@ -295,6 +339,13 @@ def main() -> None:
     if args.serve:
         kind, port, weights = args.serve
         (serve_plain if kind == "plain" else serve_litserve)(int(port), weights)
+        return
+    if args.soak:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, jpegs = make_inputs(Path(tmp))
+            result = soak(weights, jpegs, args.soak)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
         return
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
     with tempfile.TemporaryDirectory() as tmp:

@@ -273,7 +273,7 @@ def test_the_server_wrote_nothing_to_disk(server, files):
 def test_bad_flags_are_one_line_errors(files, capsys):
     assert main(["serve", "--weights", str(files["weights"]), "--max-batch", "0"]) == 2
     assert "--max-batch must be an integer >= 1" in capsys.readouterr().err
-    assert main(["serve", "--weights", str(files["root"] / "missing.safetensors")]) == 2
+    assert main(["serve", "--weights", str(files["root"] / "missing.safetensors"), "--port", "0"]) == 2
     assert "no such weights file" in capsys.readouterr().err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

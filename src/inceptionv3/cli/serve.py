@@ -44,9 +44,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(config):
+def _server(config, on_stop):
     """A uvicorn server whose SIGTERM/SIGINT stop it after the requests in flight and return here (uvicorn's
-    own handling re-raises the signal after the drain, which kills the process before it can exit 0)."""
+    own handling re-raises the signal after the drain, which kills the process before it can exit 0);
+    ``on_stop()`` runs at the first signal."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -55,6 +56,7 @@ def _server(config):
             def stop(sig: int, frame: object) -> None:
                 print(f"inceptionv3 serve: {signal.Signals(sig).name}: answering the requests in flight, "
                       "refusing new ones (again: stop now)", file=sys.stderr, flush=True)
+                on_stop()
                 self.handle_exit(sig, frame)
             previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
@@ -73,11 +75,20 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from(ServeConfig, args, token=token_from_env(args.token))
     sock = _bind(config.host, config.port)
-    app = create_app(config)   # loads the model before the server answers anything
+    try:
+        app = create_app(config)   # loads the model before the server answers anything
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    service = app.state.service
+
+    def draining() -> None:
+        service.ready = False   # readiness probes see the drain and send no more work
+
     server = _server(uvicorn.Config(app, log_config=None, access_log=config.access_log,
-                                    timeout_graceful_shutdown=30, lifespan="on"))
+                                    timeout_graceful_shutdown=30, lifespan="on"), draining)
     print(f"inceptionv3 serve: {config.model_name} on http://{shown}:{port}  (page: /, API: /docs, "
           f"token: {'required' if config.token else 'none'})", flush=True)
     server.run(sockets=[sock])

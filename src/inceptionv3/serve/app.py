@@ -30,7 +30,7 @@ from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import HEADER_LENGTH, InferRequest, ProtocolError, encode_response, parse_request
 from .service import Service, as_numpy
-from .uploads import Failure, read_body, uploads_of
+from .uploads import Failure, Upload, read_body, uploads_of
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +306,6 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
 async def _v2_images(req: InferRequest, service: Service) -> torch.Tensor:
     """The one input of a v2 request as preprocessed images: BYTES are encoded images (decoded here),
     FP32 must already be N x C x S x S as the weights' preprocessing makes them."""
-    from .uploads import Upload
-
     if len(req.inputs) != 1:
         raise ProtocolError(f"the model takes one input (IMAGE: BYTES, or INPUT: FP32), got {len(req.inputs)}")
     t = req.inputs[0]
@@ -320,8 +318,7 @@ async def _v2_images(req: InferRequest, service: Service) -> torch.Tensor:
     if t.datatype != "FP32":
         raise ProtocolError(f"input {t.name!r}: datatype {t.datatype} is not accepted; send BYTES (encoded "
                             f"images) or FP32 (N x {c} x {s} x {s}, preprocessed)")
-    arr = t.data
-    assert isinstance(arr, np.ndarray)
+    arr = np.asarray(t.data)
     if arr.ndim != 4 or tuple(arr.shape[1:]) != (c, s, s) or arr.shape[0] < 1:
         raise ProtocolError(f"input {t.name!r}: FP32 input must have shape [N, {c}, {s}, {s}] (preprocessed as "
                             f"the weights say: {json.dumps(service.meta.preprocess.to_dict())}), got {t.shape}")
