@@ -12,7 +12,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from test_metrics import _fid_state_dict, _write_images
 
 from inceptionv3 import metrics
@@ -161,11 +160,9 @@ def test_one_pass_serves_every_metric_and_bad_images_exit_1(sets, monkeypatch, c
     back = metrics.load_stats(out, spatial=True)
     np.testing.assert_allclose(back.mu, stats(sb)[0], rtol=1e-5, atol=1e-6)
     assert back.meta["tap"] == "mixed_6/conv" and back.dims == SFID_DIMS and back.n == N
-    for cmd in (["stats", str(sets["bad"]), "--out", str(sets["root"] / "bad.npz"), "--dims", "64"],
-                ["kid", str(sets["bad"]), str(sets["b"]), "--dims", "64", "--kid-subset-size", "2",
-                 "--kid-subsets", "2"]):
-        assert main([*cmd, *w]) == 1, cmd
-        assert "could not be read" in capsys.readouterr().err, cmd
+    # kid and is share fid's report_metric; stats reports on its own.
+    assert main(["stats", str(sets["bad"]), "--out", str(sets["root"] / "bad.npz"), "--dims", "64", *w]) == 1
+    assert "1 image(s) could not be read" in capsys.readouterr().err
 
 
 def test_sfid_tap_is_the_tf_graphs_mixed_6_conv(sets):
@@ -185,22 +182,18 @@ def test_sfid_tap_is_the_tf_graphs_mixed_6_conv(sets):
 
 
 def test_exploding_features_warn_and_nan_features_fail(sets, tmp_path, capsys):
+    # Broken batch norm in the stem, read at the 64-d tap just after it: the cheapest pass that shows it.
     huge = {k: v.clone() for k, v in sets["sd"].items()}
-    for k in huge:
-        if k.startswith("Mixed_7c.") and k.endswith("bn.weight"):
-            huge[k] *= 1e6
+    huge["Conv2d_2b_3x3.bn.weight"] *= 1e6
     nan = {k: v.clone() for k, v in sets["sd"].items()}
-    nan["Mixed_6b.branch1x1.bn.running_var"][0] = -1.0       # finite weights, NaN after the batch norm
+    nan["Conv2d_2a_3x3.bn.running_var"][0] = -1.0       # finite weights, NaN after the batch norm
     torch.save(huge, tmp_path / "huge.pth")
     torch.save(nan, tmp_path / "nan.pth")
-    two = tmp_path / "two"
-    two.mkdir()
-    for i in range(2):
-        Image.open(sorted(sets["a"].glob("*.png"))[i]).save(two / f"{i}.png")
-    argv = ["is", str(two), "--splits", "1", *COMMON]
+    argv = ["stats", str(sets["a"]), "--dims", "64", "--out", str(tmp_path / "s.npz"), *COMMON]
     assert main([*argv, "--weights", str(tmp_path / "huge.pth")]) == 0
     err = capsys.readouterr().err
-    assert "huge.pth: the network's pool features reach" in err and "weights look broken" in err
+    assert "warning: " in err and "huge.pth: the network's maxpool1 features reach" in err
+    assert "weights look broken" in err
     assert main([*argv, "--weights", str(tmp_path / "nan.pth")]) == 2
     err = capsys.readouterr().err
-    assert "nan.pth: the network's pool features hold NaN or Inf" in err and "Traceback" not in err
+    assert "nan.pth: the network's maxpool1 features hold NaN or Inf" in err and "Traceback" not in err
