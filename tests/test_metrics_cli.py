@@ -110,7 +110,8 @@ def test_settings_are_checked_before_any_compute(sets, monkeypatch, capsys):
              (["is", a, "--splits", "5"], "needs at least 5 images, got 3"),
              (["prdc", a, b, "--k", "3"], "more than 3 samples per set"),
              (["fid", a, b, "--also", "kid"], "subset size 1000"),
-             (["fid", a, _stats_file(sets["root"] / "s.npz"), "--also", "prdc"], "need the images themselves")]
+             (["fid", a, _stats_file(sets["root"] / "s.npz"), "--also", "prdc"], "need the images themselves"),
+             (["fid", a, str(sets["root"] / "s.npz"), "--sfid"], "s.npz: holds no sFID statistics")]
     for argv, why in cases:
         assert main([*argv, *COMMON]) == 2, argv
         assert why in capsys.readouterr().err, argv

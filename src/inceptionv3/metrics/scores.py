@@ -23,7 +23,7 @@ from . import functional as fidmath
 from .featurenet import FeatureNet
 from .modes import METRIC_OPTIONS, METRICS, MODES, NEED_IMAGES, SFID_DIMS
 from .pipeline import Source, compute_features, compute_stats, count_images, fid
-from .stats import Stats, StatsAccumulator, holds_statistics, load_stats
+from .stats import Stats, StatsAccumulator, has_spatial, holds_statistics, load_stats
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ def score(a: Source, b: Source, metrics: Sequence[str] = ("fid",), *,
         if is_stats and wanted:
             raise ValueError(f"{_label(source)}: {', '.join(wanted)} need the images themselves; a statistics "
                              f"file only holds their mean and covariance (FID and sFID work from it)")
+    for source, is_stats in zip((a, b), stats_in):
+        if "sfid" in metrics and is_stats and not isinstance(source, Stats) and not has_spatial(source):
+            raise ValueError(f"{source}: holds no sFID statistics (mu_s, sigma_s); write them with "
+                             f"'inceptionv3 stats --sfid', or score sFID from the images")
     counts = [count_images(x) for x in (a, b)]
     if "kid" in metrics:
         fidmath.check_kid_args(counts, kid_subsets, kid_subset_size)
