@@ -269,7 +269,7 @@ def check_compatible(a: Stats, b: Stats, strict: bool = False) -> list[str]:
     problems = []
     for s in (a, b):
         if _foreign(s):
-            tool = f" (a {s.meta['tool']} file)" if s.meta.get("tool") else ""
+            tool = f" (written by {s.meta['tool']})" if s.meta.get("tool") else ""
             problems.append(f"{s.source or 'statistics'} carries no metadata{tool}: cannot check that it used "
                             f"the same weights and preprocessing")
     # Another tool's file records its mode at most (clean-fid's and ADM's): compare what both say.
