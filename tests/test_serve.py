@@ -241,6 +241,30 @@ def test_a_burst_of_200_requests_is_answered_fully_and_correctly(server, files):
         assert got["path"] == name and _close(got["predictions"], files["expected"][name]), i
 
 
+def test_batches_run_as_power_of_two_pieces_in_order():
+    import torch
+
+    from inceptionv3.serve.batcher import Batcher, chunks
+    from inceptionv3.serve.metrics import ServerMetrics
+
+    assert chunks(13) == [(0, 8), (8, 4), (12, 1)] and chunks(32) == [(0, 32)] and chunks(0) == []
+    sizes = []
+
+    def run(x):
+        sizes.append(len(x))
+        return x[:, :1, 0, 0] * 2
+
+    async def go():
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("logits", run, pool, ServerMetrics(), max_batch=16, max_delay=0.05)
+            out = await b.submit(torch.arange(13.0).view(13, 1, 1, 1).expand(13, 3, 2, 2))
+            await b.stop()
+            return out
+    out = asyncio.run(go())
+    assert sizes == [8, 4, 1] and out.flatten().tolist() == [2.0 * i for i in range(13)]
+
+
 def test_metrics_count_requests_errors_and_batches(client):
     text = client.get("/metrics").text
     assert 'inceptionv3_requests_total{route="/v1/predict",status="200"}' in text

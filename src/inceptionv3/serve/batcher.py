@@ -2,7 +2,8 @@
 
 A batch starts with the oldest waiting image and takes whatever else arrives within ``max_delay`` (or is
 waiting already), up to ``max_batch`` images; while the engine computes one batch the next one gathers,
-so under load the batches fill without waiting at all. The engine runs in one worker thread (shared by
+so under load the batches fill without waiting at all. A batch runs as power-of-two pieces (``chunks``),
+so the engine sees few shapes. The engine runs in one worker thread (shared by
 every output and by the explanations: one computation at a time uses the cores best), off the event loop.
 A full queue raises ``QueueFull`` (the app answers 503 with Retry-After) instead of growing. An image
 whose request has gone (the client disconnected, its future cancelled) is dropped before its batch runs,
@@ -23,6 +24,21 @@ import torch
 from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+
+def chunks(n: int) -> list[tuple[int, int]]:
+    """(start, size) pieces of a batch of ``n``, each a power of two, largest first (13 -> 8 + 4 + 1).
+
+    The engine then sees a handful of batch shapes, not every size up to --max-batch: each new shape
+    costs oneDNN (and cuDNN) a kernel build on first use and a place in its cache, which under varying
+    load would be paid again and again.
+    """
+    out, start = [], 0
+    while n > 0:
+        size = 1 << (n.bit_length() - 1)
+        out.append((start, size))
+        start, n = start + size, n - size
+    return out
 
 
 class QueueFull(Exception):
@@ -147,7 +163,8 @@ class Batcher:
                     item.future.set_result(row)
 
     def _run(self, images: list[torch.Tensor]) -> torch.Tensor:
-        out = self.run(torch.stack(images))
+        x = torch.stack(images)
+        out = torch.cat([self.run(x[start:start + n]) for start, n in chunks(len(x))])
         if len(out) != len(images):
             raise RuntimeError(f"the engine returned {len(out)} rows for {len(images)} images")
         return out
