@@ -13,7 +13,7 @@ instead, which on a few dozen images (singular 2048 x 2048 covariances) takes mi
 clean-fid's legacy_tensorflow and clean modes run the TF graph as a TorchScript file (a download), so its
 clean mode is measured with clean-fid's data path (decoding, PIL bicubic of float channels) in front of
 pytorch-fid's port of the same weights, and legacy_tensorflow is not measured.
-Usage: python benchmarks/bench_metrics_parity.py [--images 24] [--json FILE] [--tool-frechet]
+Usage: python benchmarks/bench_metrics_parity.py [--images 12] [--json FILE] [--tool-frechet]
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def references(sd: dict, weights: str, sets: dict[str, Path]) -> dict[str, tuple
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=24, help="images per set (default 24)")
+    p.add_argument("--images", type=int, default=12, help="images per set (default 12)")
     p.add_argument("--tool-frechet", action="store_true", help="each tool's own Fréchet function (slow)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     args = p.parse_args()
