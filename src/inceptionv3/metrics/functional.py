@@ -25,9 +25,9 @@ Array = np.ndarray | torch.Tensor
 # error: a PSD product cannot have them, so they mean broken statistics (a non-covariance), not rounding.
 NEG_TOL = 1e-6
 # A distance below -DIST_TOL * (tr S1 + tr S2 + ||mu1 - mu2||^2) is an error; above it, it is rounding in
-# the subtraction of nearly equal traces and is reported as 0 (a distance is never negative). Singular
-# covariances (fewer images than dims) put a few 1e-7 of the traces into that rounding: the square roots
-# of eigenvalues that are zero in exact arithmetic.
+# the subtraction of nearly equal traces and is reported as 0 (a distance is never negative). The eigh
+# route drops eigenvalues that are zero in exact arithmetic; the legacy sqrtm route takes their square
+# roots, which puts a few 1e-7 of the traces into the rounding when the covariances are singular.
 DIST_TOL = 1e-5
 
 
@@ -76,28 +76,28 @@ def _check_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: tor
                              f"diagonal: not a covariance matrix (recompute the statistics)")
 
 
-def _psd_sqrt(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sqrt of a symmetric PSD matrix, its eigenvalues); rounding-level negative eigenvalues become 0."""
-    w, v = torch.linalg.eigh((s + s.T) / 2)
-    return (v * w.clamp(min=0).sqrt()) @ v.T, w
-
-
 def _similar_psd(s1: torch.Tensor, s2: torch.Tensor, label: str) -> torch.Tensor:
-    """A symmetric PSD matrix with the spectrum of S1 S2.
+    """A symmetric PSD matrix with the nonzero spectrum of S1 S2.
 
-    L^T S2 L for the Cholesky factor S1 = L L^T when S1 is positive definite (cheap); otherwise (fewer
-    samples than dims: S1 singular) sqrt(S1) S2 sqrt(S1) through a symmetric eigen-decomposition, which
-    also tells a singular covariance from one that is not a covariance (``label`` names it then).
+    L^T S2 L for the Cholesky factor S1 = L L^T when S1 is positive definite (cheap). Otherwise (fewer
+    samples than dims: S1 singular) S1 = V diag(w) V^T by a symmetric eigen-decomposition, which also
+    tells a singular covariance from one that is not a covariance (``label`` names it then), and
+    D V_r^T S2 V_r D over the r eigenvalues above rounding (D = diag(sqrt(w_r))): the same nonzero
+    spectrum as sqrt(S1) S2 sqrt(S1), from an r x r matrix, without the square roots of eigenvalues that
+    are zero in exact arithmetic.
     """
     s1 = (s1 + s1.T) / 2
     chol, info = torch.linalg.cholesky_ex(s1)
     if int(info) == 0:
         return chol.T @ s2 @ chol
-    root1, w = _psd_sqrt(s1)
-    if float(w[0]) < -NEG_TOL * max(float(w[-1]), 1e-300):
+    w, v = torch.linalg.eigh(s1)
+    top = max(float(w[-1]), 1e-300)
+    if float(w[0]) < -NEG_TOL * top:
         raise ValueError(f"{label}: sigma has a clearly negative eigenvalue ({float(w[0]):.3g}, largest "
                          f"{float(w[-1]):.3g}): not a covariance matrix (recompute the statistics)")
-    return root1 @ s2 @ root1
+    keep = w > top * s1.shape[0] * torch.finfo(s1.dtype).eps
+    vr = v[:, keep] * w[keep].sqrt()
+    return vr.T @ s2 @ vr
 
 
 @contextmanager
