@@ -13,7 +13,7 @@ Each figure is the median wall time of --repeats processes, start-up included (w
 part of it). It prints auto's time over the better of fp32 and bf16 (target <= 1.1) and, with --quiet-too,
 the same without the load. Two compute threads (`--threads 2`), as the commands choose on 2 cores.
 
-Usage: python benchmarks/bench_shared_cores.py [--repeats 2] [--images 64] [--epochs 2] [--train-images N]
+Usage: python benchmarks/bench_shared_cores.py [--repeats 2] [--images 128] [--epochs 2] [--train-images N]
        [--quiet-too] [--json FILE]
 """
 from __future__ import annotations
@@ -106,10 +106,10 @@ def measure(commands: dict[str, list[str]], repeats: int, env: dict[str, str]) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--images", type=int, default=64, help="PNGs for the features case (auto times from 64)")
+    ap.add_argument("--images", type=int, default=128, help="PNGs for the features case (auto times the precisions from 128)")
     ap.add_argument("--train-images", type=int, default=None, help="default: all 1,347 training digits")
     ap.add_argument("--epochs", type=int, default=2,
-                    help="training epochs (auto times the precisions in runs of 60 steps or more)")
+                    help="training epochs (auto times the precisions in runs of 200 steps or more)")
     ap.add_argument("--load-seconds", type=int, default=1800, help="the competing load stops by then")
     ap.add_argument("--quiet-too", action="store_true", help="also measure without the competing load")
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")

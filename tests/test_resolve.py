@@ -66,7 +66,7 @@ def _auto_engine(monkeypatch, answer: str, images: int):
 
 
 def test_engine_auto_switches_to_fp32_when_timing_says_so(monkeypatch):
-    model, engine, asked = _auto_engine(monkeypatch, "fp32", images=100)
+    model, engine, asked = _auto_engine(monkeypatch, "fp32", images=engine_mod.PROBE_MIN_IMAGES)
     x = torch.rand(3, 3, 75, 75)
     out = engine(x)
     assert asked == [("bf16", "fp32")] and engine.precision == "fp32" and engine.fp32_alternative is None
@@ -78,7 +78,7 @@ def test_engine_auto_switches_to_fp32_when_timing_says_so(monkeypatch):
 
 
 def test_engine_auto_keeps_bf16_and_small_jobs_are_not_timed(monkeypatch):
-    _, engine, asked = _auto_engine(monkeypatch, "bf16", images=100)
+    _, engine, asked = _auto_engine(monkeypatch, "bf16", images=engine_mod.PROBE_MIN_IMAGES)
     engine(torch.rand(2, 3, 75, 75))
     assert engine.precision == "bf16" and asked
     _, small, asked = _auto_engine(monkeypatch, "fp32", images=8)
@@ -90,7 +90,7 @@ def test_amp_auto_times_a_copy_and_leaves_the_network_untouched(monkeypatch):
     monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": True)
     monkeypatch.setattr(resolve, "worth_timing", lambda *a: True)
     runs = []
-    monkeypatch.setattr(resolve, "faster", lambda run, static, other, what: (
+    monkeypatch.setattr(resolve, "faster", lambda run, static, other, what, rounds=2: (
         run(static), run(other), runs.append(what), "off")[-1])
     torch.manual_seed(0)
     net = build_model("inception_mini", num_classes=3).train()

@@ -59,9 +59,10 @@ POOLS_MOVED = {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8
 
 
 # precision "auto" times bf16 against fp32 on this many images of the first batch, for jobs of at least
-# PROBE_MIN_IMAGES images (smaller ones would spend a noticeable share of their time on the comparison).
+# PROBE_MIN_IMAGES images (the comparison costs about four images' worth of fp32 work: a few percent of
+# such a job; a smaller one would spend a noticeable share of its time on it).
 PROBE_IMAGES = 2
-PROBE_MIN_IMAGES = 64
+PROBE_MIN_IMAGES = 128
 
 
 class Head(nn.Module):

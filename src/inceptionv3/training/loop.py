@@ -267,9 +267,9 @@ def epoch_totals(st: EpochState, optimizer: torch.optim.Optimizer, env: DistEnv,
     }
 
 
-# `--amp auto` times fp32 against bf16 for runs of at least this many optimizer steps (the timing
-# costs about six, which would be a noticeable share of a shorter run).
-AMP_TIMING_MIN_STEPS = 60
+# `--amp auto` times fp32 against bf16 for runs of at least this many optimizer steps: the timing costs
+# about four steps, under 2% of such a run, and a shorter run has little to gain.
+AMP_TIMING_MIN_STEPS = 200
 
 
 def resolve_amp(amp: str, device: torch.device, net: nn.Module | None = None, cfg: TrainConfig | None = None,
@@ -280,7 +280,7 @@ def resolve_amp(amp: str, device: torch.device, net: nn.Module | None = None, cf
     needs no loss scaling; on the digits it reaches fp32's accuracy target, docs/performance.md). Given
     the network and its config on a multi-threaded CPU, "auto" also times a few training steps of each
     on a copy of the network and takes bf16 only where it is not the slower (``resolve.faster``): on
-    shared cores bf16 can lose to fp32 several times over. The timing costs about six steps, so runs of
+    shared cores bf16 can lose to fp32 several times over. The timing costs about four steps, so runs of
     fewer than ``AMP_TIMING_MIN_STEPS`` optimizer `steps` keep the static rule. fp16 is never chosen
     automatically."""
     if amp != "auto":
@@ -289,18 +289,19 @@ def resolve_amp(amp: str, device: torch.device, net: nn.Module | None = None, cf
     if (static == "off" or net is None or cfg is None or steps < AMP_TIMING_MIN_STEPS
             or not resolve.worth_timing(device, torch.get_num_threads(), distributed)):
         return static
-    return resolve.faster(_amp_step(net, cfg, device), "bf16", "off", "--amp")
+    return resolve.faster(_amp_step(net, cfg, device), "bf16", "off", "--amp", rounds=1)
 
 
 def _amp_step(net: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[str], None]:
-    """One forward and backward at the run's image size and (up to 16 of) its batch, on a copy of `net`:
-    the run's weights, batch-norm statistics and gradients stay as they are."""
+    """One forward and backward at the run's image size and batch (the shapes its kernels are then
+    ready for), on a copy of `net`: the run's weights, batch-norm statistics and gradients stay as
+    they are."""
     import copy
 
     probe = copy.deepcopy(net).train()
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
-    n = max(2, min(cfg.batch_size, 16))   # batch norm needs 2 samples in train mode
+    n = max(2, cfg.batch_size // cfg.accum_steps)   # batch norm needs 2 samples in train mode
     images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=g).to(device, memory_format=layout)
     labels = torch.zeros(n, dtype=torch.long, device=device)   # class 0 exists in every head
 
