@@ -74,15 +74,20 @@ def output_errors(path: str | os.PathLike, flag: str) -> Iterator[None]:
         raise WriteError(path, f"{os_error_reason(e)} (writing {flag})", e.errno) from None
 
 
-def add_inference_args(p: argparse.ArgumentParser, default_batch: int = EngineOptions.batch_size,
-                       default_precision: str = EngineOptions.precision) -> None:
-    """Inputs, weights and engine flags of the commands that run the network over image files."""
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    """The image paths, --weights and --arch: what every command that reads images with a model takes."""
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files, folders (searched recursively), glob patterns, or @list.txt")
     p.add_argument("--weights", default="imagenet",
                    help="registry name (see 'inceptionv3 weights') or a weights file (default: imagenet)")
     p.add_argument("--arch", default=None, choices=("inception_v3", "inception_mini"),
                    help="network for a bare state-dict file (saved models and registry entries know it)")
+
+
+def add_inference_args(p: argparse.ArgumentParser, default_batch: int = EngineOptions.batch_size,
+                       default_precision: str = EngineOptions.precision) -> None:
+    """Inputs, weights and engine flags of the commands that run the network over image files."""
+    add_image_args(p)
     p.add_argument("--batch-size", type=int, default=default_batch,
                    help=f"images per batch (default {default_batch})")
     p.add_argument("--workers", type=int, default=None,

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..tasks.explain import METHODS
-from .common import EXIT_OK, EXIT_SOME_FAILED
+from .common import EXIT_OK, EXIT_SOME_FAILED, add_image_args
 
 NAME = "explain"
 
@@ -16,12 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "map over the image the network saw) and DIR/<name>.npy (the map, H x W "
                                    "float32 in [0, 1]), and print the class explained with its probability. "
                                    "Exit code 0: all images explained; 1: some failed; 2: usage error.")
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="image files, folders (searched recursively), glob patterns, or @list.txt")
-    p.add_argument("--weights", default="imagenet",
-                   help="registry name (see 'inceptionv3 weights') or a weights file (default: imagenet)")
-    p.add_argument("--arch", default=None, choices=("inception_v3", "inception_mini"),
-                   help="network for a bare state-dict file (saved models and registry entries know it)")
+    add_image_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays and maps")
     p.add_argument("--target", default=None, metavar="CLASS",
                    help="class to explain, an index or a class name (default: each image's top class)")
