@@ -26,8 +26,9 @@ demo: venv
 	$(BIN)/python -m inceptionv3.demo check $(DEMO)/predictions.json
 	$(BIN)/inceptionv3 features $(DEMO)/heldout --weights $(DEMO)/best.safetensors --out $(DEMO)/heldout_features.npz
 
+# Test files spread over one worker process per core (each test computes on one thread).
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: venv
 	$(BIN)/python benchmarks/bench_inference.py

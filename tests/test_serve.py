@@ -4,6 +4,7 @@ reference page, nothing written to disk, and the command itself (address printed
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import os
 import signal
@@ -285,6 +286,12 @@ def test_openapi_and_pages_use_no_external_resources(client):
         body = client.get(path).text
         assert "http://" not in body and "https://" not in body and "//cdn" not in body, path
     assert client.get("/redoc").status_code == 404   # FastAPI's CDN-loading pages are off
+    docs = client.get("/docs").text
+    if importlib.util.find_spec("swagger_ui_bundle") is not None:   # the interactive page, from local files
+        assert "/static/swagger/swagger-ui-bundle.js" in docs and '"validatorUrl": null' in docs
+        js = client.get("/static/swagger/swagger-ui-bundle.js")
+        assert js.status_code == 200 and len(js.content) > 100_000
+        assert client.get("/static/swagger/swagger-ui.css").status_code == 200
 
 
 def test_the_server_wrote_nothing_to_disk(server, files):

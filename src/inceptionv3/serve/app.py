@@ -1,8 +1,10 @@
 """The FastAPI application: REST (``/v1``), KServe v2 (``/v2``), ``/metrics``, the page (``/``) and the
 API reference (``/docs``, from ``/openapi.json``).
 
-FastAPI's own docs pages load their scripts from a CDN, so they are off; ``/docs`` is a page of ours
-that reads ``/openapi.json`` with no external resources. The guard in front of every route checks the
+FastAPI's own docs pages load their scripts from a CDN, so they are off. ``/docs`` is Swagger UI's
+interactive page served from the package's own copy of its files where ``swagger-ui-bundle`` is
+installed (the ``serve`` extra brings it), else a reference page of ours that reads ``/openapi.json``;
+neither loads anything from elsewhere. The guard in front of every route checks the
 bearer token (``hmac.compare_digest``, before any body is read) and records each request's route,
 status and latency. Request bodies are read by ``uploads.read_body`` only, bounded by the upload limit.
 """
@@ -51,6 +53,18 @@ BINARY_BODY = {"content": {"application/octet-stream": {"schema": {"type": "stri
                            "multipart/form-data": {"schema": {"type": "object", "properties": {
                                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
                "description": "one image as the raw body, or one or more images as multipart files"}
+
+
+SWAGGER_PREFIX = "/static/swagger"
+
+
+def _swagger_ui_files() -> Any:
+    """The folder of Swagger UI's script and style sheet from ``swagger-ui-bundle``, or None."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return swagger_ui_path if (swagger_ui_path / "swagger-ui-bundle.js").is_file() else None
 
 
 def route_of(path: str) -> str:
@@ -155,6 +169,9 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
         return JSONResponse({"error": str(e), "detail": str(e)}, status_code=400)
 
     # -- the page and the reference --------------------------------------------------------------------
+    swagger = _swagger_ui_files()
+    if swagger is not None:   # mounted first: /static below would otherwise answer these paths
+        app.mount(SWAGGER_PREFIX, StaticFiles(directory=str(swagger)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -162,8 +179,17 @@ def create_app(config: ServeConfig, service: Service | None = None) -> FastAPI:
         return FileResponse(str(STATIC / "index.html"))
 
     @app.get("/docs", include_in_schema=False)
-    async def docs_page() -> FileResponse:
-        return FileResponse(str(STATIC / "docs.html"))
+    async def docs_page() -> Response:
+        if swagger is None:
+            return FileResponse(str(STATIC / "docs.html"))
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        # validatorUrl off: Swagger UI would otherwise send the spec to validator.swagger.io
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="inceptionv3 serve: API",
+                                   swagger_js_url=f"{SWAGGER_PREFIX}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{SWAGGER_PREFIX}/swagger-ui.css",
+                                   swagger_favicon_url="/favicon.ico",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)")
     async def prometheus() -> Response:
