@@ -37,7 +37,8 @@ from ..models.taps import TAPS
 from ..runtime.distributed import env_from_environ
 from ..runtime.files import atomic_path, write_text_atomic
 from ..runtime.threads import resolve_device
-from ..weights.hub import cache_dir
+from ..weights.cache import engines_dir
+from ..weights.hub import sha256_file as file_sha256
 from ..weights.io import state_dict_digest
 from .backends import openvino_session, ort_session, quantize_int8
 from .fuse import PooledConv, fuse_for_inference, has_batch_norm, has_fused_siblings
@@ -160,7 +161,7 @@ class Engine:
     def _exported(self, shape: tuple[int, int, int]) -> Path:
         """The ONNX file for this shape, precision and output: from the cache, or exported once."""
         key = _digest(self.module, shape, self.output, self.precision, self.calibration)
-        fp32_path = cache_dir() / "cache" / "engines" / f"{key['fp32']}.onnx"
+        fp32_path = engines_dir() / f"{key['fp32']}.onnx"
 
         def export(tmp: Path) -> None:
             log.info("exporting the fused graph for %s (once; cached at %s)", "x".join(map(str, shape)), fp32_path)
@@ -184,14 +185,6 @@ class Engine:
         cached_file(int8_path, quantize)
         self.cache_files.append(int8_path)
         return int8_path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_file(path: Path, make: Callable[[Path], None]) -> Path:
