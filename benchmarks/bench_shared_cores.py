@@ -10,7 +10,7 @@ bf16 and auto, alternating the order between repeats, while a busy-loop process 
   torch backend: the one where auto has a choice to make).
 
 Each figure is the median wall time of --repeats processes, start-up included (what auto's timing costs is
-part of it). It prints auto's time over the better of fp32 and bf16 (target <= 1.1) and, with --quiet-too,
+part of it); the line under it says what auto decided in each of its processes. It prints auto's time over the better of fp32 and bf16 (target <= 1.1) and, with --quiet-too,
 the same without the load. Two compute threads (`--threads 2`), as the commands choose on 2 cores.
 
 Usage: python benchmarks/bench_shared_cores.py [--repeats 2] [--images 128] [--epochs 2] [--train-images N]
@@ -39,13 +39,15 @@ def inceptionv3_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "inceptionv3"]
 
 
-def wall(cmd: list[str], env: dict[str, str]) -> float:
+def wall(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Seconds the command took, and what its "auto" decided (the log line of the timing, if any)."""
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     seconds = time.perf_counter() - t0
     if res.returncode != 0:
         sys.exit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-2000:]}")
-    return seconds
+    decided = [line.strip() for line in res.stderr.splitlines() if "auto: " in line and "timed here" in line]
+    return seconds, decided[-1] if decided else ""
 
 
 def write_inputs(folder: Path, images: int) -> Path:
@@ -94,13 +96,19 @@ def cases(folder: Path, pngs: Path, train_images: int | None, epochs: int
     }
 
 
-def measure(commands: dict[str, list[str]], repeats: int, env: dict[str, str]) -> dict[str, float]:
+def measure(commands: dict[str, list[str]], repeats: int, env: dict[str, str]
+            ) -> tuple[dict[str, float], list[str]]:
+    """Median seconds of each command over `repeats` alternating rounds, and what auto decided in each."""
     names = list(commands)
     times: dict[str, list[float]] = {n: [] for n in names}
+    decided = []
     for r in range(repeats):
         for n in (names if r % 2 == 0 else names[::-1]):
-            times[n].append(wall(commands[n], env))
-    return {n: statistics.median(v) for n, v in times.items()}
+            seconds, line = wall(commands[n], env)
+            times[n].append(seconds)
+            if n == "auto":
+                decided.append(line.split("] ")[-1] or "not timed")
+    return {n: statistics.median(v) for n, v in times.items()}, decided
 
 
 def main() -> None:
@@ -109,7 +117,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128, help="PNGs for the features case (auto times the precisions from 128)")
     ap.add_argument("--train-images", type=int, default=None, help="default: all 1,347 training digits")
     ap.add_argument("--epochs", type=int, default=2,
-                    help="training epochs (auto times the precisions in runs of 200 steps or more)")
+                    help="training epochs (auto times the precisions over the run's first 8 steps)")
     ap.add_argument("--load-seconds", type=int, default=1800, help="the competing load stops by then")
     ap.add_argument("--quiet-too", action="store_true", help="also measure without the competing load")
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
@@ -129,15 +137,16 @@ def main() -> None:
                     if loaded else None)
             try:
                 for name, (flag, commands) in todo.items():
-                    t = measure(commands, args.repeats, env)
+                    t, decided = measure(commands, args.repeats, env)
                     best = min(t["fp32"], t["bf16"])
                     row = {"case": name, "load": "one core busy" if loaded else "quiet", "flag": flag,
-                           **{k: round(v, 2) for k, v in t.items()}, "auto_over_best": round(t["auto"] / best, 3)}
+                           **{k: round(v, 2) for k, v in t.items()}, "auto_over_best": round(t["auto"] / best, 3),
+                           "auto_decided": decided}
                     results.append(row)
                     print(f"{name:30s} {row['load']:14s} fp32 {t['fp32']:7.2f} s  bf16 {t['bf16']:7.2f} s  "
                           f"auto {t['auto']:7.2f} s  auto/best {row['auto_over_best']:.2f}"
-                          f"{'' if row['auto_over_best'] <= TARGET or not loaded else '  (target <= 1.1 missed)'}",
-                          flush=True)
+                          f"{'' if row['auto_over_best'] <= TARGET or not loaded else '  (target <= 1.1 missed)'}"
+                          f"\n    auto: {' | '.join(decided)}", flush=True)
             finally:
                 if load is not None:
                     load.kill()

@@ -3,14 +3,19 @@ the engine and training apply its decision (timing itself is replaced by a fake 
 so nothing here depends on how busy the machine is)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from inceptionv3 import build_model
 from inceptionv3.engine import engine as engine_mod
 from inceptionv3.engine import resolve
-from inceptionv3.training import loop
+from inceptionv3.runtime import distributed as dist_mod
+from inceptionv3.training import amp, loop
 from inceptionv3.training.config import TrainConfig
+
+CPU = torch.device("cpu")
 
 
 class FakeClock:
@@ -86,23 +91,101 @@ def test_engine_auto_keeps_bf16_and_small_jobs_are_not_timed(monkeypatch):
     assert small.precision == "bf16" and not asked
 
 
-def test_amp_auto_times_a_copy_and_leaves_the_network_untouched(monkeypatch):
+class _Steps:
+    """Fake step times: each precision's steps take these seconds, the first of each (a warm-up) 9 s."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.seen = seconds, set()
+
+    def take(self, choice: amp.AmpChoice) -> None:
+        now = choice.current
+        choice.observe(self.seconds[now] if now in self.seen else 9.0, dist_mod.SINGLE_PROCESS, CPU)
+        self.seen.add(now)
+
+
+@pytest.mark.parametrize("bf16_s, off_s, expected", [(1.0, 0.5, "off"), (1.0, 0.98, "bf16"), (0.5, 1.0, "bf16")])
+def test_amp_choice_alternates_skips_warm_ups_then_keeps_the_faster(bf16_s, off_s, expected):
+    choice, steps = amp.AmpChoice(None), _Steps({"bf16": bf16_s, "off": off_s})
+    order = []
+    while choice.amp is None:
+        order.append(choice.current)
+        steps.take(choice)
+    # one warm-up each, then 3 rounds in alternating order; the margin keeps bf16 on a near tie
+    assert order == ["bf16", "off", "bf16", "off", "off", "bf16", "bf16", "off"] == list(amp.TRIAL_ORDER)
+    assert choice.amp == expected and choice.label == expected
+    assert choice.timed_ms == {"bf16": 1000 * bf16_s, "off": 1000 * off_s}   # warm-ups left out
+    again = amp.AmpChoice.from_dict(choice.to_dict())
+    assert again == choice and again.current == expected
+    steps.take(again)
+    assert again.steps == len(amp.TRIAL_ORDER)   # decided: nothing more is timed
+
+
+def test_amp_choice_times_only_where_auto_has_a_choice(monkeypatch):
     monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": True)
     monkeypatch.setattr(resolve, "worth_timing", lambda *a: True)
-    runs = []
-    monkeypatch.setattr(resolve, "faster", lambda run, static, other, what, rounds=2: (
-        run(static), run(other), runs.append(what), "off")[-1])
-    torch.manual_seed(0)
-    net = build_model("inception_mini", num_classes=3).train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    cfg = TrainConfig(data="digits", arch="inception_mini", image_size=75, batch_size=4)
-    cpu = torch.device("cpu")
-    assert loop.resolve_amp("auto", cpu, net, cfg, steps=loop.AMP_TIMING_MIN_STEPS) == "off"
-    assert runs == ["--amp"]
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())   # BN statistics included
-    assert all(p.grad is None for p in net.parameters())
-    # a short run, or no network to time, keeps the static rule; an explicit choice is never timed
-    assert loop.resolve_amp("auto", cpu, net, cfg, steps=loop.AMP_TIMING_MIN_STEPS - 1) == "bf16"
-    assert loop.resolve_amp("auto", cpu) == "bf16"
-    assert loop.resolve_amp("off", cpu, net, cfg, steps=1000) == "off"
-    assert runs == ["--amp"]
+    env = dist_mod.SINGLE_PROCESS
+    assert amp.amp_choice("auto", CPU, env).amp is None                        # timing
+    assert amp.amp_choice("auto", CPU, env, timeable=False).amp == "bf16"      # probe head, --compile
+    assert amp.amp_choice("bf16", CPU, env).amp == "bf16"                      # explicit: never timed
+    assert amp.amp_choice("off", CPU, env).amp == "off"
+    monkeypatch.setattr(resolve, "worth_timing", lambda *a: False)           # one thread, GPUs
+    assert amp.amp_choice("auto", CPU, env).amp == "bf16"
+    monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(resolve, "worth_timing", lambda *a: True)
+    assert amp.amp_choice("auto", CPU, env).amp == "off"                       # no bf16 to try
+    assert str(len(amp.TRIAL_ORDER)) in TrainConfig.__dataclass_fields__["amp"].metadata["help"]
+
+
+@pytest.fixture
+def timed_auto(monkeypatch):
+    """`--amp auto` with a choice to make (as on a multi-threaded CPU with native bf16): every training
+    step's precision is recorded, and the timing decides fp32."""
+    monkeypatch.setattr(resolve, "native_bf16", lambda device="cpu": True)
+    monkeypatch.setattr(resolve, "worth_timing", lambda *a: True)
+    steps, decisions = [], []
+    real = loop.autocast
+
+    def recording(device, precision):
+        steps.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(loop, "autocast", recording)
+    monkeypatch.setattr(resolve, "choose", lambda times, static, other, what: (decisions.append(times), "off")[-1])
+    return steps, decisions
+
+
+def _train(out, *flags: str) -> int:
+    from inceptionv3.cli.main import main
+
+    # 40 digits in batches of 8: 5 steps an epoch, so the 8 timed steps end in epoch 2
+    return main(["train", "digits", "--arch", "inception_mini", "--image-size", "32", "--batch-size", "8",
+                 "--limit", "40", "--workers", "0", "--threads", "1", "--no-progress", "--out", str(out), *flags])
+
+
+def _records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_amp_auto_decides_in_the_runs_own_steps_and_resume_keeps_it(tmp_path, timed_auto):
+    steps, decisions = timed_auto
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "1") == 0
+    assert steps == list(amp.TRIAL_ORDER[:5])
+    assert [r["amp"] for r in _records(out)] == ["bf16+off"] and not decisions   # still timing
+    # resumed at the epoch's end: the timing goes on where it was, then the run takes the faster
+    assert _train(out, "--epochs", "2", "--resume", str(out)) == 0
+    assert steps == list(amp.TRIAL_ORDER) + ["off"] * 2 and len(decisions) == 1
+    second = _records(out)[1]
+    assert second["amp"] == "off" and set(second["amp_ms"]) == {"bf16", "off"}
+    # decided: a resumed run keeps the decision and times nothing
+    assert _train(out, "--epochs", "3", "--resume", str(out)) == 0
+    assert steps[10:] == ["off"] * 5 and len(decisions) == 1
+    assert [r["amp"] for r in _records(out)] == ["bf16+off", "off", "off"]
+    assert "amp_ms" not in _records(out)[2]
+
+
+def test_amp_explicit_is_never_timed(tmp_path, timed_auto):
+    steps, decisions = timed_auto
+    assert _train(tmp_path / "run", "--epochs", "1", "--amp", "bf16") == 0
+    assert steps == ["bf16"] * 5 and not decisions
+    assert [r["amp"] for r in _records(tmp_path / "run")] == ["bf16"]

@@ -151,27 +151,37 @@ def worth_timing(device: str | torch.device, threads: int, distributed: bool = F
     return dev.type == "cpu" and threads > 1 and not distributed and native_bf16(dev)
 
 
+def alternating_order(candidates: Sequence[str], rounds: int = PROBE_ROUNDS) -> list[str]:
+    """The calls a timed comparison makes: each candidate once (its warm-up), then ``rounds`` rounds, in
+    turn forwards and backwards, so a load that comes and goes falls on all of them alike."""
+    order = list(candidates)
+    for r in range(rounds):
+        order += candidates if r % 2 == 0 else list(reversed(candidates))
+    return order
+
+
 def time_alternating(run: Callable[[str], object], candidates: Sequence[str], rounds: int = PROBE_ROUNDS,
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median seconds of ``run(candidate)`` for each candidate: one untimed warm-up call each (kernel
-    selection, caches), then ``rounds`` rounds in alternating order, so a load that comes and goes
-    falls on all of them alike."""
-    for c in candidates:
-        run(c)
+    """Median seconds of ``run(candidate)`` for each candidate, in ``alternating_order``; the warm-up
+    calls (kernel selection, caches) are not timed."""
     times: dict[str, list[float]] = {c: [] for c in candidates}
-    for r in range(rounds):
-        for c in (candidates if r % 2 == 0 else list(reversed(candidates))):
-            t0 = clock()
-            run(c)
+    for i, c in enumerate(alternating_order(candidates, rounds)):
+        t0 = clock()
+        run(c)
+        if i >= len(candidates):
             times[c].append(clock() - t0)
     return {c: statistics.median(v) for c, v in times.items()}
 
 
-def faster(run: Callable[[str], object], static: str, other: str, what: str, rounds: int = PROBE_ROUNDS,
-           clock: Callable[[], float] = time.perf_counter) -> str:
-    """``static`` unless timing ``run`` shows ``other`` faster by more than ``PROBE_MARGIN``; logs both."""
-    times = time_alternating(run, (static, other), rounds, clock)
+def choose(times: dict[str, float], static: str, other: str, what: str) -> str:
+    """``static`` unless ``times`` (seconds) show ``other`` faster by more than ``PROBE_MARGIN``; logs both."""
     choice = other if times[other] * PROBE_MARGIN < times[static] else static
     log.info("%s auto: %s (timed here: %s)", what, choice,
              ", ".join(f"{c} {1000 * t:.0f} ms" for c, t in times.items()))
     return choice
+
+
+def faster(run: Callable[[str], object], static: str, other: str, what: str, rounds: int = PROBE_ROUNDS,
+           clock: Callable[[], float] = time.perf_counter) -> str:
+    """``static`` unless timing ``run`` shows ``other`` faster by more than ``PROBE_MARGIN`` (``choose``)."""
+    return choose(time_alternating(run, (static, other), rounds, clock), static, other, what)

@@ -84,8 +84,9 @@ class TrainConfig:
                 "'all': the whole backbone); frozen batch norms stay in eval mode"})
     amp: str = field(default="auto", metadata={
         "help": "mixed precision: auto (bf16 where the device computes it natively: CPUs with AMX or "
-                "AVX512-BF16, CUDA GPUs with bf16; fp32 elsewhere), bf16 autocast, fp16 autocast with a "
-                "gradient scaler (for GPUs), or off; weights and optimizer stay fp32",
+                "AVX512-BF16, CUDA GPUs with bf16; fp32 elsewhere; on a multi-threaded CPU the first 8 "
+                "steps alternate bf16 and fp32 and the rest of the run takes the faster), bf16 autocast, "
+                "fp16 autocast with a gradient scaler (for GPUs), or off; weights and optimizer stay fp32",
         "choices": ("auto", "off", "bf16", "fp16")})
     accum_steps: int = field(default=1, metadata={
         "help": "split each step's batch into this many micro-batches, accumulating gradients (less memory, "

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..engine import resolve
 from ..runtime import distributed as dist_mod
 from ..runtime.distributed import DistEnv
+from .amp import AmpChoice, autocast, resolve_amp
 from .config import TrainConfig
 from .control import TrainingFailed
 from .ema import ModelEma
@@ -104,6 +104,11 @@ class Stepper:
     env: DistEnv = dist_mod.SINGLE_PROCESS
     ema: ModelEma | None = None
     scaler: torch.amp.GradScaler | None = None
+    amp: AmpChoice | None = None   # the precision of each step; None: the static rule for cfg.amp
+
+    def __post_init__(self) -> None:
+        if self.amp is None:
+            self.amp = AmpChoice(resolve_amp(self.cfg.amp, self.device))
 
 
 def train_one_epoch(
@@ -122,17 +127,19 @@ def train_one_epoch(
     on_step: Callable[[EpochState], None] | None = None,
     ema: ModelEma | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    amp: AmpChoice | None = None,
 ) -> dict[str, Any]:
     """One pass over `loader`; returns mean loss, train top-1 (%), last lr, images, skipped and time.
 
     Raises NonFiniteLossError (step, loss, lr) before a diverged step touches the weights, unless
     `cfg.skip_nonfinite`, which skips the step and counts it. `state` continues a resumed epoch;
     `on_step` runs after every batch (checkpoints); `should_stop()` true ends the epoch after the
-    current step with `stopped` set. Under torchrun every decision to skip or stop is agreed by all
-    ranks, and the returned sums are over all ranks.
+    current step with `stopped` set. `amp` gives each step's precision and is told each step's time
+    (without it, the static rule for `cfg.amp`). Under torchrun every decision to skip or stop is
+    agreed by all ranks, and the returned sums are over all ranks.
     """
     set_train_mode(model, cfg)
-    step = Stepper(model, unwrap_compiled(model), optimizer, scheduler, cfg, device, env, ema, scaler)
+    step = Stepper(model, unwrap_compiled(model), optimizer, scheduler, cfg, device, env, ema, scaler, amp)
     st = state if state is not None else EpochState(epoch=epoch)
     start = time.perf_counter() - st.seconds
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False, unit="batch")
@@ -143,7 +150,9 @@ def train_one_epoch(
         if _too_small(group, env, device):
             st.stopped = bool(should_stop and should_stop())
         else:
+            t0 = time.perf_counter()
             loss_value = optimizer_step(step, group, st, should_stop)
+            step.amp.observe(time.perf_counter() - t0, env, device)
             st.seconds = time.perf_counter() - start
             images_per_s = st.n * env.world_size / st.seconds if st.seconds > 0 else 0.0   # ranks: about equal
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{st.lr:.2e}", img_s=f"{images_per_s:.1f}",
@@ -214,7 +223,7 @@ def forward_backward(step: Stepper, group: list, total: int) -> tuple[float, int
         labels = labels.to(device, non_blocking=True)
         sync = j == len(group) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            with autocast(device, cfg.amp):
+            with autocast(device, step.amp.current):
                 # DDP and compiled models wrap forward_train: calling them gives the tuple too.
                 logits, aux = net.forward_train(images) if model is net else model(images)
                 loss = compute_loss(logits, aux, labels, cfg) * (labels.numel() / total)
@@ -265,60 +274,6 @@ def epoch_totals(st: EpochState, optimizer: torch.optim.Optimizer, env: DistEnv,
         "seconds": st.seconds,
         "stopped": st.stopped,
     }
-
-
-# `--amp auto` times fp32 against bf16 for runs of at least this many optimizer steps: the timing costs
-# about four steps, under 2% of such a run, and a shorter run has little to gain.
-AMP_TIMING_MIN_STEPS = 200
-
-
-def resolve_amp(amp: str, device: torch.device, net: nn.Module | None = None, cfg: TrainConfig | None = None,
-                distributed: bool = False, steps: int = 0) -> str:
-    """`--amp auto` -> "bf16" or "off"; other values as given.
-
-    "auto" is bf16 where the device has native bf16, else fp32 (bf16 keeps fp32's exponent range, so it
-    needs no loss scaling; on the digits it reaches fp32's accuracy target, docs/performance.md). Given
-    the network and its config on a multi-threaded CPU, "auto" also times a few training steps of each
-    on a copy of the network and takes bf16 only where it is not the slower (``resolve.faster``): on
-    shared cores bf16 can lose to fp32 several times over. The timing costs about four steps, so runs of
-    fewer than ``AMP_TIMING_MIN_STEPS`` optimizer `steps` keep the static rule. fp16 is never chosen
-    automatically."""
-    if amp != "auto":
-        return amp
-    static = "bf16" if resolve.native_bf16(device) else "off"   # the one detection `--precision auto` uses
-    if (static == "off" or net is None or cfg is None or steps < AMP_TIMING_MIN_STEPS
-            or not resolve.worth_timing(device, torch.get_num_threads(), distributed)):
-        return static
-    return resolve.faster(_amp_step(net, cfg, device), "bf16", "off", "--amp", rounds=1)
-
-
-def _amp_step(net: nn.Module, cfg: TrainConfig, device: torch.device) -> Callable[[str], None]:
-    """One forward and backward at the run's image size and batch (the shapes its kernels are then
-    ready for), on a copy of `net`: the run's weights, batch-norm statistics and gradients stay as
-    they are."""
-    import copy
-
-    probe = copy.deepcopy(net).train()
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    g = torch.Generator().manual_seed(0)
-    n = max(2, cfg.batch_size // cfg.accum_steps)   # batch norm needs 2 samples in train mode
-    images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=g).to(device, memory_format=layout)
-    labels = torch.zeros(n, dtype=torch.long, device=device)   # class 0 exists in every head
-
-    def step(amp: str) -> None:
-        with autocast(device, amp):
-            logits, aux = probe.forward_train(images)
-            loss = compute_loss(logits, aux, labels, cfg)
-        loss.backward()
-        probe.zero_grad(set_to_none=True)
-
-    return step
-
-
-def autocast(device: torch.device, amp: str) -> torch.autocast:
-    """The training forward's autocast for `--amp` (disabled for "off" and where "auto" means fp32)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_amp(amp, device))
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _chunks(items, k: int) -> Iterator[list]:

@@ -14,7 +14,6 @@ loadable by `weights.load_model`), confusion.json, bad_images.txt and tensorboar
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -38,6 +37,7 @@ from ..runtime.threads import available_cores, resolve_device, set_compute_threa
 from ..tasks.evaluate import evaluate_model
 from ..weights.io import save_model
 from ..weights.preprocess import Preprocess
+from .amp import TIMING, TRIAL_ORDER, AmpChoice, amp_choice
 from .config import PAPER_BATCH, PAPER_LR, TrainConfig, resolve_recipe
 from .control import (
     PeerLostError,
@@ -51,7 +51,7 @@ from .control import (
     stop_on_signals,
 )
 from .ema import ModelEma
-from .loop import EpochState, NonFiniteLossError, SeededSamples, resolve_amp, train_one_epoch
+from .loop import EpochState, NonFiniteLossError, SeededSamples, train_one_epoch
 from .optim import build_optimizer
 from .probe import HeadOnly, backbone_features, caches_features
 from .records import (
@@ -85,7 +85,8 @@ from .state import TrainState, prune_step_weights, step_weights_path
 
 logger = logging.getLogger(__name__)
 
-AMP_NAMES = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+AMP_NAMES = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast",
+             TIMING: f"bf16 autocast or fp32, the faster over its first {len(TRIAL_ORDER)} steps"}
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Run:
     scheduler: Any
     ema: ModelEma | None
     scaler: torch.amp.GradScaler | None
-    amp: str                      # resolved: off, bf16 or fp16
+    amp: AmpChoice                # each step's precision: off, bf16 or fp16, or still timing
     images: tuple[int, int]       # training and held-out images
     workers: int
     best_acc1: float = -1.0
@@ -280,18 +281,28 @@ def build_run(cfg: TrainConfig, env: DistEnv, device: torch.device, workers: int
         net = dist_mod.unwrap(model)   # SyncBatchNorm made a new module
     model = compile_model(model, cfg)
     optimizer, scheduler = build_optimizer(net, cfg, sampler.steps_per_epoch)
-    # A resumed run keeps the precision "auto" chose when it started (its epochs record it), so that
-    # its steps are computed as the uninterrupted run's were.
-    recorded = next((r["amp"] for r in reversed(resumed.history or []) if r.get("amp")), None) \
-        if resumed is not None and cfg.amp == "auto" else None
-    amp = recorded or resolve_amp(cfg.amp, device, None if cached else net, cfg, env.distributed,
-                                  steps=sampler.steps_per_epoch * cfg.epochs)
+    amp = run_amp(cfg, device, env, timeable=not cached and not cfg.compile, resumed=resumed)
     return Run(cfg=cfg, env=env, device=device, out=out, pre=pre, classes=classes, aux=aux, net=net,
                model=model, sampler=sampler, train_loader=train_loader, val_loader=val_loader,
                optimizer=optimizer, scheduler=scheduler,
                ema=ModelEma(net, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-               scaler=torch.amp.GradScaler(device.type) if amp == "fp16" else None,
+               scaler=torch.amp.GradScaler(device.type) if amp.amp == "fp16" else None,
                amp=amp, images=(len(train_ds), len(val_ds)), workers=workers)
+
+
+def run_amp(cfg: TrainConfig, device: torch.device, env: DistEnv, timeable: bool,
+            resumed: TrainState | None) -> AmpChoice:
+    """The run's `AmpChoice`. A resumed run keeps what "auto" decided, or goes on timing where the
+    checkpoint was, so that its steps are computed as the uninterrupted run's were; checkpoints that
+    predate `TrainState.amp` say the decision in their epochs' records."""
+    if resumed is not None and cfg.amp == "auto":
+        if resumed.amp is not None:
+            return AmpChoice.from_dict(resumed.amp)
+        recorded = next((r["amp"] for r in reversed(resumed.history or []) if r.get("amp") in AMP_NAMES
+                         and r["amp"] != TIMING), None)
+        if recorded is not None:
+            return AmpChoice(recorded)
+    return amp_choice(cfg.amp, device, env, timeable)
 
 
 def build_network(cfg: TrainConfig, classes: list[str], aux: bool, device: torch.device,
@@ -381,7 +392,7 @@ def start_run_folder(run: Run) -> None:
         "training %s on %s: %d train / %d held-out images, %d classes, %d px%s, %d epochs x %d steps, "
         "device %s (%s%s%s%s), %d process(es), %d threads, %d workers",
         cfg.arch, cfg.data, *run.images, len(run.classes), cfg.image_size,
-        " + aux head" if run.aux else "", cfg.epochs, run.steps, run.device, AMP_NAMES[run.amp],
+        " + aux head" if run.aux else "", cfg.epochs, run.steps, run.device, AMP_NAMES[run.amp.label],
         ", channels_last" if cfg.channels_last else "",
         ", gradient checkpointing" if cfg.grad_checkpointing else "",
         f", torch.compile {cfg.compile_backend}" if cfg.compile else "",
@@ -404,6 +415,7 @@ def capture_state(run: Run, epochs_done: int, st: EpochState | None) -> TrainSta
         scheduler=run.scheduler.state_dict(), ema=run.ema.state_dict() if run.ema is not None else None,
         scaler=run.scaler.state_dict() if run.scaler is not None else None,
         epoch=epochs_done, step=step, global_step=epochs_done * run.steps + step, epoch_state=states,
+        amp=run.amp.to_dict(),
         rng=rngs, world_size=run.env.world_size, best_acc1=run.best_acc1, history=run.history,
         config=run.cfg.to_dict(), class_names=run.classes, meta=run.weights_meta())
 
@@ -441,6 +453,7 @@ def train_epochs(run: Run, stop: StopRequest, progress: bool) -> None:
     tb = open_tensorboard(run.out / TB_FOLDER) if run.env.is_main else None
     try:
         for epoch in range(run.done_epochs + 1, run.cfg.epochs + 1):
+            timing = run.amp.amp is None
             tr = train_epoch(run, epoch, stop, progress)
             va, val_bad = evaluate_epoch(run)
             check_images_read(run, epoch, tr, va, val_bad)
@@ -448,8 +461,10 @@ def train_epochs(run: Run, stop: StopRequest, progress: bool) -> None:
                 "epoch": epoch, "train_loss": tr["loss"], "train_acc1": tr["acc1"], "lr": tr["lr"],
                 "val_loss": va["loss"], "val_acc1": va["top1"], "val_acc5": va["top5"],
                 "skipped": tr["skipped"] + va["skipped"], "nonfinite_steps": tr["nonfinite"],
-                "seconds": tr["seconds"], "amp": run.amp,
+                "seconds": tr["seconds"], "amp": run.amp.label,
             }
+            if timing and run.amp.timed_ms is not None:   # the epoch in which "auto" decided
+                record["amp_ms"] = run.amp.timed_ms
             run.history.append(record)
             improved = va["top1"] > run.best_acc1
             if improved:
@@ -473,10 +488,10 @@ def train_epoch(run: Run, epoch: int, stop: StopRequest, progress: bool) -> dict
     run.sampler.set_epoch(epoch, st.step)
     try:
         tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler,
-                             dataclasses.replace(run.cfg, amp=run.amp), run.device,
+                             run.cfg, run.device,
                              epoch, progress and run.env.is_main, state=st, env=run.env,
                              should_stop=lambda: bool(stop), on_step=functools.partial(on_step, run),
-                             ema=run.ema, scaler=run.scaler)
+                             ema=run.ema, scaler=run.scaler, amp=run.amp)
     except NonFiniteLossError as e:
         kept = (f"the last good state is {run.last_path}" if run.last_path.is_file()
                 else "no checkpoint had been written yet")

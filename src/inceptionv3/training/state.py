@@ -49,12 +49,16 @@ class TrainState:
     `epoch_state` then holds every rank's partial sums (`loop.EpochState` as a dict), None at an epoch end.
     `rng` is every rank's random generators (`resume.rng_state`), in rank order. `history` is the records of
     the finished epochs (metrics.jsonl's lines); None in checkpoints that predate it, whose history is
-    read back from metrics.jsonl. `meta` describes the network as a weights file does (arch, model_config,
+    read back from metrics.jsonl. `amp` is the run's `amp.AmpChoice` (what `--amp auto` decided, or its
+    timing so far); None in checkpoints that predate it. `meta` describes the network as a weights file does (arch, model_config,
     num_classes, class_names, preprocess).
     """
 
     FORMAT: ClassVar[str] = CHECKPOINT_FORMAT
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "optimizer", "scheduler", "epoch", "config", "class_names")
+    # Keys added to the layout after its format was named: written only when set, so that a state read
+    # from an older file is saved as it was.
+    ADDED: ClassVar[tuple[str, ...]] = ("amp",)
 
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
@@ -69,6 +73,7 @@ class TrainState:
     world_size: int = 1
     best_acc1: float = -1.0
     history: list[dict[str, Any]] | None = None
+    amp: dict[str, Any] | None = None
     config: dict[str, Any]
     class_names: list[str]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -78,8 +83,10 @@ class TrainState:
         return self.epoch_state is not None
 
     def to_checkpoint(self) -> dict[str, Any]:
-        """The dict a checkpoint file holds: "format", then every field in declaration order."""
-        return {"format": self.FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        """The dict a checkpoint file holds: "format", then every field in declaration order (the `ADDED`
+        ones only when set)."""
+        return {"format": self.FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                          if f.name not in self.ADDED or getattr(self, f.name) is not None}}
 
     @classmethod
     def from_checkpoint(cls, d: dict[str, Any], source: str | os.PathLike = "checkpoint") -> TrainState:
