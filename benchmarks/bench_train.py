@@ -79,8 +79,8 @@ class OurStep:
 
     def __init__(self, variant: str, size: int, batch: int) -> None:
         from inceptionv3.models.builder import build_model
+        from inceptionv3.training.amp import resolve_amp
         from inceptionv3.training.config import TrainConfig
-        from inceptionv3.training.loop import resolve_amp
         from inceptionv3.training.optim import build_optimizer
         from inceptionv3.training.setup import prepare_model
 
