@@ -1,6 +1,8 @@
 """Serving throughput and latency: ``inceptionv3 serve`` against a plain FastAPI server that runs torchvision's
 ``inception_v3`` eagerly per request (as tutorials do) and against LitServe batching the same torchvision
-model, all on 127.0.0.1, fp32, the same random weights, in one run.
+model, all on 127.0.0.1, at one precision (``--precision fp32``, the default, or ``bf16``: ours runs
+``--precision bf16``, the two others their model under ``torch.autocast`` bf16), the same random weights,
+in one run. Ours runs as a user starts it (``--backend auto`` unless ``--backend`` says otherwise).
 
 Each server runs alone in its own process (started, measured at every concurrency, stopped) while this
 process is the load generator: ``--concurrency`` clients (asyncio + httpx, one connection each) send
@@ -15,8 +17,9 @@ image in base64, as its image examples do (its request decoding is JSON or form 
 Every process gets the OpenMP spin setting ``inceptionv3`` makes for itself (``GOMP_SPINCOUNT``), so that on
 a shared machine the peers are not slowed by spinning threads that ours avoids.
 
-The reference for concurrency 1: ``predict``'s engine on one preprocessed image (median of repeats) plus
-decoding and preprocessing one of the JPEGs, timed in this process before any server starts.
+The reference for concurrency 1: the engine the server runs (``serve.service.serving_engine``: the same
+backend and precision, as ``predict`` runs it for a large job) on one preprocessed image (median of
+repeats), plus decoding and preprocessing one of the JPEGs, timed in this process before any server starts.
 
 Targets at concurrency 32: ours >= 3x the plain server's requests/s and >= 1.3x LitServe's, with p99 no
 worse than LitServe's; at concurrency 1, our p50 within 15% of the reference.
@@ -25,7 +28,7 @@ worse than LitServe's; at concurrency 1, our p50 within 15% of the reference.
 set after the warm-up and at the end (memory should stay flat).
 
 Usage: python benchmarks/bench_serve.py [--requests 16,48,128] [--concurrency 1,8,32] [--max-seconds 60]
-       [--json FILE] | --soak 120
+       [--precision fp32|bf16] [--backend auto] [--json FILE] | --soak 120
 """
 from __future__ import annotations
 
@@ -74,12 +77,21 @@ def torchvision_transform():
                                transforms.Normalize(STD, STD)])
 
 
+def autocast(precision: str):
+    """The peers' precision: torch.autocast bf16 on the CPU, or nothing for fp32."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def top5(logits) -> list[dict]:
-    probs, idx = logits.softmax(dim=-1).topk(5)
+    probs, idx = logits.float().softmax(dim=-1).topk(5)
     return [{"index": int(i), "probability": float(p)} for p, i in zip(probs, idx)]
 
 
-def serve_plain(port: int, weights: str) -> None:
+def serve_plain(port: int, weights: str, precision: str) -> None:
     """The tutorial server: decode, preprocess and run the model inline, one request at a time."""
     import uvicorn
     from PIL import Image
@@ -89,7 +101,8 @@ def serve_plain(port: int, weights: str) -> None:
     @app.post("/predict")
     async def predict(request: Request) -> list[dict]:
         image = Image.open(io.BytesIO(await request.body())).convert("RGB")
-        return top5(model(transform(image).unsqueeze(0))[0])
+        with autocast(precision):
+            return top5(model(transform(image).unsqueeze(0))[0])
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -97,9 +110,9 @@ def serve_plain(port: int, weights: str) -> None:
 class LitInception(ls.LitAPI):
     """LitServe's API over the same model; at module level, since LitServe pickles it into its worker."""
 
-    def __init__(self, weights: str, **kwargs) -> None:
+    def __init__(self, weights: str, precision: str, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.weights = weights
+        self.weights, self.precision = weights, precision
 
     def setup(self, device):
         self.model, self.transform = torchvision_model(self.weights), torchvision_transform()
@@ -115,7 +128,8 @@ class LitInception(ls.LitAPI):
         return torch.stack(inputs)
 
     def predict(self, x):
-        return self.model(x)
+        with autocast(self.precision):
+            return self.model(x)
 
     def unbatch(self, output):
         return list(output)
@@ -124,9 +138,10 @@ class LitInception(ls.LitAPI):
         return top5(output)
 
 
-def serve_litserve(port: int, weights: str) -> None:
+def serve_litserve(port: int, weights: str, precision: str) -> None:
     """LitServe with its batching (up to 32 requests, 5 ms batch timeout) over the same model."""
-    server = ls.LitServer(LitInception(weights, max_batch_size=32, batch_timeout=0.005), accelerator="cpu",
+    server = ls.LitServer(LitInception(weights, precision, max_batch_size=32, batch_timeout=0.005),
+                          accelerator="cpu",
                           workers_per_device=1, timeout=120)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, num_api_servers=1)
 
@@ -166,17 +181,19 @@ def make_inputs(folder: Path, n: int = 8) -> tuple[Path, list[bytes]]:
     return weights, jpegs
 
 
-def reference_latency(weights: Path, jpeg: bytes, repeats: int = 10) -> dict:
-    """``predict``'s engine on one image (median) and decoding + preprocessing one JPEG (median), seconds."""
+def reference_latency(weights: Path, jpeg: bytes, precision: str, backend: str, repeats: int = 10) -> dict:
+    """The server's engine on one image (median) and decoding + preprocessing one JPEG (median), seconds."""
     import torch
 
     from inceptionv3.data.decode import load_image
-    from inceptionv3.engine.engine import build_engine
     from inceptionv3.engine.inputs import model_transform
+    from inceptionv3.engine.options import EngineOptions
+    from inceptionv3.serve.service import serving_engine
     from inceptionv3.weights.load import load_model
 
     model = load_model(weights)
-    engine, transform = build_engine(model, "logits"), model_transform(model)
+    engine = serving_engine(model, "logits", EngineOptions(precision=precision, backend=backend))
+    transform = model_transform(model)
     x = transform(load_image("bench.jpg", data=jpeg)).unsqueeze(0)
     for _ in range(3):
         engine(x)
@@ -188,9 +205,10 @@ def reference_latency(weights: Path, jpeg: bytes, repeats: int = 10) -> dict:
         t = time.perf_counter()
         transform(load_image("bench.jpg", data=jpeg))
         decode_s.append(time.perf_counter() - t)
+    described = engine.describe()
     del engine, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return {"model_s": statistics.median(model_s), "decode_s": statistics.median(decode_s)}
+    return {"model_s": statistics.median(model_s), "decode_s": statistics.median(decode_s), "engine": described}
 
 
 async def load(url: str, bodies: list[tuple[bytes, dict]], concurrency: int, requests: int, warmup: int,
@@ -286,14 +304,14 @@ def soak(weights: Path, jpegs: list[bytes], seconds: float, concurrency: int = 8
 
 
 def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[int, int]],
-               max_seconds: float) -> list[dict]:
+               max_seconds: float, precision: str, backend: str) -> list[dict]:
     port = free_port()
     if kind == "inceptionv3":
         cmd = [sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--port", str(port),
-               "--max-batch", "32", "--max-delay-ms", "5", "--precision", "fp32", "--backend", "torch"]
+               "--max-batch", "32", "--max-delay-ms", "5", "--precision", precision, "--backend", backend]
         url, probe = f"http://127.0.0.1:{port}/v1/predict", f"http://127.0.0.1:{port}/v2/health/ready"
     else:
-        cmd = [sys.executable, __file__, "--serve", kind, str(port), str(weights)]
+        cmd = [sys.executable, __file__, "--serve", kind, str(port), str(weights), precision]
         url, probe = f"http://127.0.0.1:{port}/predict", f"http://127.0.0.1:{port}/health"
     if kind == "litserve":
         bodies = [(json.dumps({"image": base64.b64encode(j).decode()}).encode(),
@@ -303,6 +321,11 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(probe, proc)
+        if kind == "inceptionv3":
+            import httpx
+
+            print(f"  inceptionv3 engine: {httpx.get(url.replace('/predict', '/model')).json()['engine']}",
+                  flush=True)
         rows = []
         for concurrency, requests in levels:
             row = asyncio.run(load(url, bodies, concurrency, requests, warmup=max(2, concurrency),
@@ -324,7 +347,10 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "WEIGHTS"), help=argparse.SUPPRESS)
+    p.add_argument("--serve", nargs=4, metavar=("KIND", "PORT", "WEIGHTS", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="every server's precision (the peers: torch.autocast bf16)")
+    p.add_argument("--backend", default="auto", help="our server's --backend")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", default="16,48,128", help="timed requests per concurrency level")
     p.add_argument("--max-seconds", type=float, default=60.0, help="time bound per level")
@@ -337,8 +363,8 @@ def main() -> None:
     # this process and, inherited, for every server: the comparison is of the servers, not of spin-waits.
     prepare_process()
     if args.serve:
-        kind, port, weights = args.serve
-        (serve_plain if kind == "plain" else serve_litserve)(int(port), weights)
+        kind, port, weights, precision = args.serve
+        (serve_plain if kind == "plain" else serve_litserve)(int(port), weights, precision)
         return
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
@@ -350,12 +376,12 @@ def main() -> None:
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
     with tempfile.TemporaryDirectory() as tmp:
         weights, jpegs = make_inputs(Path(tmp))
-        ref = reference_latency(weights, jpegs[0])
-        print(f"reference: predict's engine on one image {1000 * ref['model_s']:.1f} ms + decoding "
-              f"{1000 * ref['decode_s']:.1f} ms; {os.cpu_count()} cores", flush=True)
+        ref = reference_latency(weights, jpegs[0], args.precision, args.backend)
+        print(f"reference: the server's engine ({ref['engine']}) on one image {1000 * ref['model_s']:.1f} ms "
+              f"+ decoding {1000 * ref['decode_s']:.1f} ms; {os.cpu_count()} cores; {args.precision}", flush=True)
         rows = []
         for kind in args.servers.split(","):
-            rows += run_server(kind, weights, jpegs, levels, args.max_seconds)
+            rows += run_server(kind, weights, jpegs, levels, args.max_seconds, args.precision, args.backend)
     by = {(r["server"], r["concurrency"]): r for r in rows}
     top = max(c for c, _ in levels)
     checks = {}
@@ -382,6 +408,7 @@ def main() -> None:
 
         import torch
         Path(args.json).write_text(json.dumps({"rows": rows, "reference": ref, "checks": checks,
+                                               "precision": args.precision, "backend": args.backend,
                                                "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                                "machine": platform.processor() or platform.machine()}, indent=2))
 

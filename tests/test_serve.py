@@ -46,8 +46,9 @@ def server(files, tmp_path_factory):
     spool = tmp_path_factory.mktemp("spool")
     saved = tempfile.tempdir
     tempfile.tempdir = str(spool)
+    # The torch backend: no export to wait for (test_backend_auto_serves_on_openvino covers the default).
     config = ServeConfig(weights=str(files["weights"]), port=0, token=TOKEN, max_batch=32, max_delay_ms=2,
-                         max_queue=256, max_upload_mb=1, top_k=3)
+                         max_queue=256, max_upload_mb=1, top_k=3, backend="torch")
     try:
         with running_server(config) as running:
             running.spool = spool
@@ -187,8 +188,9 @@ def test_full_queue_answers_503_with_retry_after(server, client, files):
     batcher = server.service.batchers["logits"]
     data = files["images"][0].read_bytes()
     release = _block_engine(server)
-    old = batcher.max_queue
-    batcher.max_queue = 1
+    old = batcher.max_queue, batcher.max_batch
+    # One image per batch: the first runs (into the blocked engine), the second waits, the rest find no room.
+    batcher.max_queue, batcher.max_batch = 1, 1
     try:
         async def burst():
             async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as ac:
@@ -198,7 +200,7 @@ def test_full_queue_answers_503_with_retry_after(server, client, files):
                 return await asyncio.gather(*tasks)
         replies = asyncio.run(burst())
     finally:
-        batcher.max_queue = old
+        batcher.max_queue, batcher.max_batch = old
         release.set()
     codes = sorted(r.status_code for r in replies)
     assert 503 in codes and 200 in codes, codes
@@ -266,6 +268,69 @@ def test_batches_run_as_power_of_two_pieces_in_order():
     assert sizes == [8, 4, 1] and out.flatten().tolist() == [2.0 * i for i in range(13)]
 
 
+def test_a_lone_request_does_not_wait_for_company_but_a_busy_queue_does():
+    import torch
+
+    from inceptionv3.serve.batcher import Batcher
+    from inceptionv3.serve.metrics import ServerMetrics
+
+    sizes = []
+
+    def run(x):
+        sizes.append(len(x))
+        return x[:, :1, 0, 0]
+
+    async def go():
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("logits", run, pool, ServerMetrics(), max_batch=16, max_delay=60)
+            image = torch.zeros(1, 3, 2, 2)
+            # Alone: it runs at once, not after the minute of max_delay.
+            await asyncio.wait_for(b.submit(image), 10)
+            await asyncio.wait_for(b.submit(image), 10)
+            # Three together: the batch has company, so the next one waits for more and takes the later two.
+            await asyncio.wait_for(b.submit(torch.zeros(3, 3, 2, 2)), 10)
+            b.max_delay = 0.5
+            first = asyncio.ensure_future(b.submit(image))
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(asyncio.gather(first, b.submit(image)), 10)
+            await b.stop()
+    asyncio.run(go())
+    assert sizes == [1, 1, 2, 1, 2]
+
+
+def test_the_engine_is_warmed_up_at_every_piece_size():
+    from inceptionv3.serve.batcher import chunks, piece_sizes
+    from inceptionv3.serve.service import warm_up
+
+    assert piece_sizes(32) == [1, 2, 4, 8, 16, 32] and piece_sizes(12) == [1, 2, 4, 8] and piece_sizes(1) == [1]
+    assert {n for b in range(1, 13) for _, n in chunks(b)} == set(piece_sizes(12))
+    shapes = []
+    warm_up(lambda x: shapes.append(tuple(x.shape)), (3, 5, 5), 6)
+    assert shapes == [(1, 3, 5, 5), (2, 3, 5, 5), (4, 3, 5, 5)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")
+def test_backend_auto_serves_on_openvino(tmp_path, monkeypatch):
+    # A server is a long job: backend auto runs the exported graph on OpenVINO, as a large predict job does,
+    # and answers as the torch engine does. The seed network keeps the export short; the exporter's own
+    # temporary files go to a folder of this test, not the module server's spool.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    weights = make_weights(tmp_path / "mini.safetensors", arch="inception_mini")
+    images = make_images(tmp_path / "images", n=2)
+    expected = {Path(r["path"]).name: r["predictions"] for r in predict(images, weights=weights, top_k=3,
+                                                                        workers=0, backend="torch")}
+    with running_server(ServeConfig(weights=str(weights), port=0, max_batch=4)) as s, \
+            httpx.Client(base_url=s.url, timeout=60) as c:
+        assert "| openvino fp32 on cpu |" in c.get("/v1/model").json()["engine"]
+        r = c.post("/v1/predict?top_k=3", files=[("file", (p.name, p.read_bytes())) for p in images])
+    assert r.status_code == 200, r.text
+    for got in r.json():
+        assert _close(got["predictions"], expected[got["path"]])
+    cached = [p.name for p in Path(os.environ["INCEPTIONV3_HOME"]).rglob("*.onnx")]
+    assert len(cached) == 1     # the export, once, in the engine cache
+
+
 def test_metrics_count_requests_errors_and_batches(client):
     text = client.get("/metrics").text
     assert 'inceptionv3_requests_total{route="/v1/predict",status="200"}' in text
@@ -320,7 +385,7 @@ def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
     work.mkdir()
     env = dict(os.environ, INCEPTIONV3_NUM_THREADS="1", INCEPTIONV3_TOKEN=TOKEN)
     proc = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights),
-                             "--port", "0", "--max-delay-ms", "1000"], cwd=work, env=env,
+                             "--port", "0", "--backend", "torch"], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -333,16 +398,22 @@ def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
                         break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            result = {}
-            # In flight: its image waits in the batcher (1 s of --max-delay-ms) when SIGTERM comes.
-            t = threading.Thread(target=lambda: result.update(r=c.post("/v1/predict",
-                                                                       content=files["images"][0].read_bytes())))
-            t.start()
+        # In flight when SIGTERM comes: half its body sent; the rest follows the signal, and it is answered.
+        data = files["images"][0].read_bytes()
+        port = int(url.rsplit(":", 1)[1])
+        head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: image/png\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(head + data[: len(data) // 2])
             time.sleep(0.3)
             proc.send_signal(signal.SIGTERM)
-            t.join(60)
-        assert result["r"].status_code == 200
-        assert [p["label"] for p in result["r"].json()[0]["predictions"]] != []
+            time.sleep(0.3)
+            sock.sendall(data[len(data) // 2:])
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert b'"predictions"' in reply
         assert proc.wait(60) == 0
         assert "SIGTERM: answering the requests in flight" in proc.stderr.read()
         with pytest.raises(httpx.TransportError):

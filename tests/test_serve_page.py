@@ -45,7 +45,7 @@ def test_the_page_classifies_an_uploaded_image(tmp_path, browser):
     weights = make_weights(tmp_path / "tiny.safetensors")
     image = make_images(tmp_path / "images", n=1)[0]
     [expected] = predict([image], weights=weights, top_k=3, workers=0)
-    with running_server(ServeConfig(weights=str(weights), port=0, top_k=3)) as server:
+    with running_server(ServeConfig(weights=str(weights), port=0, top_k=3, backend="torch")) as server:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 60)
         wait.until(ec.text_to_be_present_in_element((By.ID, "model-line"), "Model tiny"))

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     weights = make_weights(root / "tiny.safetensors")
     images = make_images(root / "images", n=3)
     expected = predict(images, weights=weights, top_k=3, workers=0)
-    with running_server(ServeConfig(weights=str(weights), port=0, max_delay_ms=1)) as running:
+    with running_server(ServeConfig(weights=str(weights), port=0, max_delay_ms=1, backend="torch")) as running:
         yield {"server": running, "weights": weights, "images": images, "expected": expected}
 
 

@@ -1,9 +1,11 @@
 """The dynamic batcher: requests' images wait in one bounded queue per engine output and run together.
 
-A batch starts with the oldest waiting image and takes whatever else arrives within ``max_delay`` (or is
-waiting already), up to ``max_batch`` images; while the engine computes one batch the next one gathers,
-so under load the batches fill without waiting at all. A batch runs as power-of-two pieces (``chunks``),
-so the engine sees few shapes. The engine runs in one worker thread (shared by
+A batch starts with the oldest waiting image and takes whatever else is waiting or arrives within
+``max_delay``, up to ``max_batch`` images; while the engine computes one batch the next one gathers, so
+under load the batches fill without waiting at all. The wait for company is made only when the last
+batch found some: a lone client, or the first request after a quiet spell, runs at once rather than
+waiting ``max_delay`` for no one. A batch runs as power-of-two pieces (``chunks``), so the engine sees
+few shapes (``piece_sizes``, which the service warms up before it serves). The engine runs in one worker thread (shared by
 every output and by the explanations: one computation at a time uses the cores best), off the event loop.
 A full queue raises ``QueueFull`` (the app answers 503 with Retry-After) instead of growing. An image
 whose request has gone (the client disconnected, its future cancelled) is dropped before its batch runs,
@@ -41,6 +43,11 @@ def chunks(n: int) -> list[tuple[int, int]]:
     return out
 
 
+def piece_sizes(max_batch: int) -> list[int]:
+    """Every piece size ``chunks`` makes for batches of up to ``max_batch`` images: 1, 2, 4, ... <= max_batch."""
+    return [1 << i for i in range(max_batch.bit_length())]
+
+
 class QueueFull(Exception):
     """The batcher holds ``max_queue`` images already; ``retry_after`` seconds is a fair wait."""
 
@@ -68,6 +75,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._seconds_per_image = 0.05      # a running estimate, for Retry-After
+        self._company = False               # whether the last batch held more than one image
         self._depth = metrics.queue_depth.labels(output)
         self._batch_size = metrics.batch_size.labels(output)
         self._engine_seconds = metrics.engine_seconds.labels(output)
@@ -119,9 +127,10 @@ class Batcher:
         return torch.stack(rows) if rows else torch.empty(0)
 
     async def _gather(self) -> list[_Item]:
-        """The next batch: the oldest image, then what arrives within max_delay, up to max_batch."""
+        """The next batch: the oldest image, then what is waiting or arrives within max_delay (when the
+        last batch had company), up to max_batch."""
         batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.max_delay
+        deadline = time.perf_counter() + (self.max_delay if self._company else 0.0)
         while len(batch) < self.max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -133,6 +142,7 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
             except (asyncio.TimeoutError, TimeoutError):
                 break
+        self._company = len(batch) > 1
         self._depth.set(self.waiting)
         return [item for item in batch if not item.future.done()]   # done: its request was cancelled
 

@@ -27,6 +27,14 @@ def top_k_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor,
     return probs.topk(min(k, probs.shape[1]), dim=1)
 
 
+def top_k_predictions(logits: torch.Tensor, k: int, names: Sequence[str] | None) -> list[list[dict]]:
+    """Each row's top-k as ``predict`` reports them: ``{"index", "label", "probability"}``, best first
+    (``label`` is the class index as text when the model has no class names)."""
+    probs, idx = top_k_probabilities(logits, k)
+    return [[{"index": c, "label": names[c] if names else str(c), "probability": p} for p, c in zip(p_row, c_row)]
+            for p_row, c_row in zip(probs.tolist(), idx.tolist())]
+
+
 def predict(
     inputs: Sequence[str | os.PathLike],
     weights: str | os.PathLike | nn.Module = "imagenet",
@@ -77,10 +85,6 @@ def predict(
             results[i] = {"path": str(paths[i]), "error": reason}
         if not step.indices:
             continue
-        probs, idx = top_k_probabilities(step.outputs, top_k)
-        for i, p_row, c_row in zip(step.indices, probs.tolist(), idx.tolist()):
-            results[i] = {"path": str(paths[i]), "predictions": [
-                {"index": c, "label": names[c] if names else str(c), "probability": p}
-                for p, c in zip(p_row, c_row)
-            ]}
+        for i, rows in zip(step.indices, top_k_predictions(step.outputs, top_k, names)):
+            results[i] = {"path": str(paths[i]), "predictions": rows}
     return results  # type: ignore[return-value]  (every slot is filled: a result or an error)
