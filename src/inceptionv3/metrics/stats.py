@@ -46,40 +46,82 @@ SPATIAL_KEYS = ("mu_s", "sigma_s")
 class StatsAccumulator:
     """Mean and covariance of feature rows in float64, batch by batch, in O(dims^2) memory.
 
-    Each batch is centred on its own mean and merged with Chan et al.'s pairwise update, which keeps full
-    precision however large the mean is; accumulators from different processes merge the same way.
+    Rows are held (in float64) until ``BLOCK_ROWS`` have come; each block of them is
+    centred on its own mean and merged with Chan et al.'s pairwise update, which keeps full precision
+    however large the mean is; accumulators from different processes merge the same way. One block's
+    product costs a fraction of what the same rows cost in a product and a dims x dims update per
+    batch, and the blocks depend only on the order of the rows, not on the batches they came in.
     """
+
+    BLOCK_ROWS = 512
 
     def __init__(self, dims: int, device: str | torch.device = "cpu") -> None:
         self.dims = dims
-        self.n = 0
-        self.mean = torch.zeros(dims, dtype=torch.float64, device=device)
+        self._n = 0
+        self._mean = torch.zeros(dims, dtype=torch.float64, device=device)
         # sum of centred outer products
-        self.m2 = torch.zeros(dims, dims, dtype=torch.float64, device=device)
+        self._m2 = torch.zeros(dims, dims, dtype=torch.float64, device=device)
+        self._pending: list[torch.Tensor] = []
+        self._pending_rows = 0
+
+    @property
+    def n(self) -> int:
+        """Rows accumulated so far."""
+        return self._n + self._pending_rows
+
+    @property
+    def mean(self) -> torch.Tensor:
+        self._flush()
+        return self._mean
+
+    @property
+    def m2(self) -> torch.Tensor:
+        """The sum of centred outer products (dims x dims, float64)."""
+        self._flush()
+        return self._m2
 
     def _merge(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         if n == 0:
             return
-        total = self.n + n
-        delta = mean.to(self.mean.device) - self.mean
-        self.m2 += m2.to(self.m2.device) + torch.outer(delta, delta) * (self.n * n / total)
-        self.mean += delta * (n / total)
-        self.n = total
+        total = self._n + n
+        delta = mean.to(self._mean.device) - self._mean
+        self._m2 += m2.to(self._m2.device) + torch.outer(delta, delta) * (self._n * n / total)
+        self._mean += delta * (n / total)
+        self._n = total
+
+    def _merge_held(self, whole: bool) -> None:
+        """Merge the held rows in blocks of ``BLOCK_ROWS``: all of them (``whole``), else the full blocks."""
+        if not self._pending:
+            return
+        x = torch.cat(self._pending)
+        end = x.shape[0] if whole else x.shape[0] // self.BLOCK_ROWS * self.BLOCK_ROWS
+        for block in x[:end].split(self.BLOCK_ROWS):
+            mean = block.mean(dim=0)
+            xc = block - mean
+            self._merge(block.shape[0], mean, xc.T @ xc)
+        rest = x[end:]
+        self._pending, self._pending_rows = ([rest] if rest.shape[0] else []), rest.shape[0]
+
+    def _flush(self) -> None:
+        self._merge_held(whole=True)
 
     def update(self, features: torch.Tensor | np.ndarray) -> None:
-        x = torch.as_tensor(features).to(self.mean.device, torch.float64)
+        # a copy: the rows are held, and the caller may reuse its buffer
+        x = torch.as_tensor(features).to(self._mean.device, torch.float64, copy=True)
         if x.dim() != 2 or x.shape[1] != self.dims:
             raise ValueError(f"expected N x {self.dims} features, got shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             return
-        mean = x.mean(dim=0)
-        xc = x - mean
-        self._merge(x.shape[0], mean, xc.T @ xc)
+        self._pending.append(x)
+        self._pending_rows += x.shape[0]
+        if self._pending_rows >= self.BLOCK_ROWS:
+            self._merge_held(whole=False)
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Add another accumulator's rows (e.g. another rank's) into this one; returns self."""
         if other.dims != self.dims:
             raise ValueError(f"cannot merge {other.dims}-d statistics into {self.dims}-d ones")
+        self._flush()
         self._merge(other.n, other.mean, other.m2)
         return self
 
@@ -95,7 +137,7 @@ class StatsAccumulator:
         merged = StatsAccumulator(self.dims, self.mean.device)
         for ni, mi, qi in zip(*parts):
             merged._merge(int(ni.item()), mi, qi)
-        self.n, self.mean, self.m2 = merged.n, merged.mean, merged.m2
+        self._n, self._mean, self._m2 = merged._n, merged._mean, merged._m2
         return self
 
     def compute(self) -> tuple[np.ndarray, np.ndarray]:
