@@ -72,7 +72,7 @@ class AmpChoice:
 
     def observe(self, seconds: float, env: DistEnv, device: torch.device) -> None:
         """Count one step of `current` that took `seconds`; after the last of `TRIAL_ORDER`, decide. Under
-        torchrun every rank runs the same order and the decision is taken on the sum of the ranks'
+        torchrun every rank runs the same order and the decision is taken on the mean of the ranks'
         medians, so all of them take the same one."""
         if self.amp is not None:
             return
@@ -81,9 +81,9 @@ class AmpChoice:
             return
         medians = [statistics.median(self.seconds[c][1:]) for c in TRIAL]   # the first of each warms up
         summed = dist_mod.all_reduce(medians, env, device)
-        times = dict(zip(TRIAL, summed))
+        times = {c: t / env.world_size for c, t in zip(TRIAL, summed)}   # the ranks' mean
         self.amp = resolve.choose(times, TRIAL[0], TRIAL[1], "--amp")
-        self.timed_ms = {c: round(1000 * t / env.world_size, 1) for c, t in times.items()}
+        self.timed_ms = {c: round(1000 * t, 1) for c, t in times.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
