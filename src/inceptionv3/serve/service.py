@@ -38,6 +38,9 @@ from .uploads import Failure, Upload
 log = logging.getLogger(__name__)
 
 CORES_PER_DECODER = 4
+# Images each small piece size is warmed up with: a compiled shape's first few calls run slower than the
+# ones after (buffers first touched), and the small shapes are the ones a lone request's latency meets.
+WARM_UP_IMAGES = 8
 
 
 def serving_engine(model: torch.nn.Module, output: str, options: EngineOptions) -> Engine:
@@ -47,10 +50,13 @@ def serving_engine(model: torch.nn.Module, output: str, options: EngineOptions) 
 
 
 def warm_up(engine: Engine, input_shape: tuple[int, int, int], max_batch: int) -> None:
-    """Run ``engine`` once on zeros at every piece size the batcher makes for ``max_batch`` (oneDNN's
-    kernels, OpenVINO's export and compiled shapes), so that no request pays for them."""
+    """Run ``engine`` on zeros at every piece size the batcher makes for ``max_batch`` (oneDNN's kernels,
+    OpenVINO's export and compiled shapes), so that no request pays for them: each size at least once,
+    the small ones ``WARM_UP_IMAGES // size`` times."""
     for n in piece_sizes(max_batch):
-        engine(torch.zeros(n, *input_shape))
+        x = torch.zeros(n, *input_shape)
+        for _ in range(max(1, WARM_UP_IMAGES // n)):
+            engine(x)
 
 
 def _one_torch_thread() -> None:
