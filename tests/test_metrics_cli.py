@@ -111,7 +111,12 @@ def test_settings_are_checked_before_any_compute(sets, monkeypatch, capsys):
              (["prdc", a, b, "--k", "3"], "more than 3 samples per set"),
              (["fid", a, b, "--also", "kid"], "subset size 1000"),
              (["fid", a, _stats_file(sets["root"] / "s.npz"), "--also", "prdc"], "need the images themselves"),
-             (["fid", a, str(sets["root"] / "s.npz"), "--sfid"], "s.npz: holds no sFID statistics")]
+             (["fid", a, str(sets["root"] / "s.npz"), "--sfid"], "s.npz: holds no sFID statistics"),
+             # a statistics input to a metric that needs images is named first, whatever else is wrong
+             (["kid", a, str(sets["root"] / "s.npz")], "s.npz: KID, the Inception Score and precision/recall"),
+             (["kid", str(sets["root"] / "s.npz"), b, "--kid-subset-size", "2"], "need the images themselves"),
+             (["is", str(sets["root"] / "s.npz"), "--splits", "5"], "need the images themselves"),
+             (["prdc", a, str(sets["root"] / "s.npz"), "--k", "3"], "need the images themselves")]
     for argv, why in cases:
         assert main([*argv, *COMMON]) == 2, argv
         assert why in capsys.readouterr().err, argv

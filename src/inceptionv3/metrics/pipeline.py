@@ -203,6 +203,14 @@ def _run(source: Source, net: FeatureNet, keep_features: bool, logits: bool, opt
     return run
 
 
+def _need_images(*sources: Any) -> None:
+    """A statistics input to a metric that needs the images is an error, raised before anything loads."""
+    for source in sources:
+        if _is_stats_file(source) or isinstance(source, Stats):
+            raise ValueError(f"{source}: KID, the Inception Score and precision/recall need the images "
+                             f"themselves; a statistics file only holds their mean and covariance")
+
+
 def compute_features(source: Source, net: FeatureNet | None = None, logits: bool = False,
                      batch_size: int | None = None, workers: int | None = None, progress: bool | None = None,
                      distributed: bool | None = None, *, options: EngineOptions | None = None,
@@ -213,9 +221,7 @@ def compute_features(source: Source, net: FeatureNet | None = None, logits: bool
     say how to batch and decode, the keywords of the same names replace single settings. Sharded
     (``distributed`` as for ``compute_stats``), every rank returns every rank's rows, in rank order.
     """
-    if _is_stats_file(source) or isinstance(source, Stats):
-        raise ValueError(f"{source}: KID, the Inception Score and precision/recall need the images "
-                         f"themselves; a statistics file only holds their mean and covariance")
+    _need_images(source)
     options = _run_options(net, options, batch_size=batch_size, workers=workers, progress=progress)
     options = _join(options, distributed, source) if net is None else options
     net = net or FeatureNet(options=options, **net_kwargs)
@@ -330,6 +336,7 @@ def kid(a: Source, b: Source, *, weights: str | PathLike | nn.Module = "fid", mo
     """KID (cubic polynomial kernel, ``subsets`` random subsets of ``subset_size``): mean and std."""
     options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
                            progress=progress)
+    _need_images(a, b)
     fidmath.check_kid_args([count_images(a), count_images(b)], subsets, subset_size)
     options = _join(options, None, a, b)
     net = FeatureNet(weights, mode, dims, options=options)
@@ -350,6 +357,7 @@ def inception_score(a: Source, *, weights: str | PathLike | nn.Module = "fid",
     """Inception Score over ``splits`` splits: softmax over the net's logits without the fc bias."""
     options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
                            progress=progress)
+    _need_images(a)
     fidmath.check_is_args(count_images(a), splits)
     options = _join(options, None, a)
     net = FeatureNet(weights, mode, 2048, options=options)
@@ -368,8 +376,9 @@ def precision_recall(generated: Source, real: Source, *, weights: str | PathLike
     """Improved precision/recall (Kynkäänniemi et al. 2019) on the same features as FID."""
     options = _run_options(None, options, device=device, batch_size=batch_size, workers=workers,
                            progress=progress)
-    options = _join(options, None, generated, real)
+    _need_images(generated, real)
     fidmath.check_knn_args([count_images(generated), count_images(real)], k)
+    options = _join(options, None, generated, real)
     net = FeatureNet(weights, mode, dims, options=options)
     _plan(net, generated, real)
     fg = compute_features(generated, net)
