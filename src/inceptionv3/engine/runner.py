@@ -19,10 +19,12 @@ from .options import EngineOptions
 
 @dataclass
 class Step:
-    """One batch's results: outputs for ``indices`` (positions in the input list), and failures."""
+    """One batch's results: outputs for ``indices`` (positions in the input list), failures, and the
+    precision the engine ran them at (precision "auto" is settled on the first batch)."""
     indices: list[int]
     outputs: torch.Tensor
     failures: list[tuple[int, str]]
+    precision: str
 
 
 def run(model: nn.Module, paths: Sequence[Path], output: str, options: EngineOptions,
@@ -36,4 +38,4 @@ def run(model: nn.Module, paths: Sequence[Path], output: str, options: EngineOpt
     engine = build_engine(model, output, options, images=len(paths))
     for batch in decoded_batches(paths, transform, options, image_mode(model), desc):
         out = engine(batch.images) if batch.indices else torch.empty(0)
-        yield Step(list(batch.indices), out, list(batch.failures))
+        yield Step(list(batch.indices), out, list(batch.failures), engine.precision)

@@ -105,7 +105,12 @@ def extract_features(
     done, done_failed = saved.load() if saved else ({}, {})
     if saved and saved.engine and (done or done_failed):
         precision, backend = _resumed_engine(saved.folder, saved.engine, options)
-    options = dataclasses.replace(options, precision=precision, backend=backend)
+    # A fresh job hands "auto" to the engine, which may time bf16 against fp32 on its first batch
+    # (engine.resolve.faster); the precision it runs is what the resume record keeps (set per batch below).
+    # A resumed job runs the recorded one.
+    resumed = bool(saved and saved.engine and (done or done_failed))
+    options = dataclasses.replace(options, precision=precision if resumed else options.precision,
+                                  backend=backend)
     if saved:
         saved.engine = {"backend": backend, "precision": precision}
     if env.distributed and len(set(dist_mod.gather_objects(len(done) + len(done_failed), env))) > 1:
@@ -125,6 +130,7 @@ def extract_features(
             rows += got
             failures += lost
             if saved:
+                saved.engine = {"backend": backend, "precision": step.precision}
                 saved.add(got, lost)
     finally:
         if saved:
