@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..engine.engine import build_engine
+from ..engine.engine import Engine, build_engine
 from ..engine.fuse import fuse_for_inference
 from ..engine.options import EngineOptions, PathLike, engine_options
 from ..engine.resolve import resolve_backend
@@ -153,26 +153,39 @@ class FeatureNet:
         self._fc_weight = model.fc.weight.detach().to("cpu", torch.float32)
         self._planned = 0
         self._warned_huge = False
-        self._build(images=None)
+        self.device = resolve_device(self.options.device)
+        self._engine: Engine | SpatialEngine | None = None
+        self._pool_engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine | SpatialEngine:
+        """The engine, built on first use for the largest job planned by then (``plan``): built before the
+        job's size is known, a large job would build a second one."""
+        if self._engine is None:
+            self._build(self._planned or None)
+        return self._engine
+
+    @property
+    def model(self) -> nn.Module:
+        return self.engine.module
 
     def _build(self, images: int | None) -> None:
         if self.tap == SFID_TAP:
-            self.engine = SpatialEngine(self._source, resolve_device(self.options.device))
-            log.info("engine: %s", self.engine.describe())
+            self._engine = SpatialEngine(self._source, self.device)
+            log.info("engine: %s", self._engine.describe())
         else:
-            self.engine = build_engine(self._source, self.tap, self.options, images=images)
-        self.device = self.engine.device
-        self.model = self.engine.module
+            self._engine = build_engine(self._source, self.tap, self.options, images=images)
+        self.device = self._engine.device
         # Logits need the pooled features: the tap's engine gives them for 2048 dims; other taps read
         # them from a second engine, built when logits are first asked for.
-        self._pool_engine = self.engine if self.tap == "pool" else None
+        self._pool_engine = self._engine if self.tap == "pool" else None
 
     def plan(self, images: int) -> None:
         """Fit the engine to a job of ``images`` images (the largest job planned counts): with backend
         "auto", a large job runs on the exported graph (OpenVINO / ONNX Runtime, fp32: features within
         about 1e-6 of torch's) when that pays for its one-time export; a small one stays on torch."""
         self._planned = max(self._planned, images)
-        if self.tap == SFID_TAP:
+        if self.tap == SFID_TAP or self._engine is None:     # not built yet: built for this size on first use
             return
         wanted = resolve_backend(self.options.backend, self.engine.precision, self.device, self.tap,
                                  self._planned)
