@@ -28,7 +28,7 @@ the in-process pipeline reaches (start-up and model loading excluded). Targets: 
 clean-fid; the ZIP and .npz no slower than the folder. --only runs a part (a long measurement can be split
 into runs of a few minutes: the generated sets and weights are the same in every run).
 
-Usage: python benchmarks/bench_metrics_speed.py [--images 10000] [--size 64] [--against-stats]
+Usage: python benchmarks/bench_metrics_speed.py [--images 10000] [--reference-images N] [--size 64] [--against-stats]
            [--only folder,zip,npz,pytorch-fid,clean,clean-fid,model,pipeline] [--repeats 1]
            [--workdir DIR] [--json FILE]
 """
@@ -146,15 +146,15 @@ def in_process(weights: str, a: Path, b: Path) -> dict:
     return {"s": time.perf_counter() - t, "fid": r["fid"]}
 
 
-def make_sets(root: Path, images: int, size: int) -> None:
+def make_sets(root: Path, images: int, reference_images: int, size: int) -> None:
     """The weights, both folders, their ZIPs and .npz files under ``root``; kept if a run made them."""
     done = root / "sets.done"
     if done.is_file():
         return
     root.mkdir(parents=True, exist_ok=True)
     torch.save(random_fid_state_dict(), root / "fid_random.pth")
-    for name, seed in (("a", 1), ("b", 2)):
-        write_images(root / name, images, size, seed=seed)     # the same names each time: overwritten
+    for name, seed, n in (("a", 1, images), ("b", 2, reference_images)):
+        write_images(root / name, n, size, seed=seed)     # the same names each time: overwritten
         write_archives(root / name, root / f"{name}.zip", root / f"{name}.npz")
     done.write_text("")
 
@@ -172,13 +172,14 @@ def run(args: argparse.Namespace) -> dict:
     iv3 = [sys.executable, "-m", "inceptionv3"]
     with tempfile.TemporaryDirectory(prefix="bench_metrics_speed_") as tmp_name:
         root = Path(args.workdir) if args.workdir else Path(tmp_name)
-        tmp = root / f"{args.images}x{args.size}"
-        make_sets(tmp, args.images, args.size)
+        n_ref = args.reference_images or args.images
+        tmp = root / (f"{args.images}x{args.size}" + (f"-ref{n_ref}" if n_ref != args.images else ""))
+        make_sets(tmp, args.images, n_ref, args.size)
         env = {**os.environ, "INCEPTIONV3_HOME": str(root / "home")}   # the engine cache, warmed below
         os.environ["INCEPTIONV3_HOME"] = env["INCEPTIONV3_HOME"]
         weights = str(tmp / "fid_random.pth")
         a, b = tmp / "a", tmp / "b"
-        scored = args.images if args.against_stats else 2 * args.images
+        scored = args.images if args.against_stats else args.images + n_ref
         ours_runs = any(k in args.only for k in ("folder", "zip", "npz", "clean"))
         if args.against_stats:
             modes = {"clean" if k in ("clean", "clean-fid") else "pytorch-fid" for k in args.only
@@ -209,13 +210,17 @@ def run(args: argparse.Namespace) -> dict:
         }
         cmds = {NAMES[k]: every[k]() for k in NAMES if k in args.only}
         times: dict[str, list[float]] = {k: [] for k in cmds}
+        loads: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}   # 1-min load at start, end
         fids: dict[str, float] = {}
         for i in range(args.repeats):
             for name, cmd in (cmds.items() if i % 2 == 0 else reversed(cmds.items())):
+                load = os.getloadavg()[0]
                 seconds, out = timed(cmd, env)
                 times[name].append(seconds)
                 fids[name] = fid_of(out)
-                print(f"  {name:<26}{seconds:8.1f} s  FID {fids[name]:.9g}", flush=True)
+                loads[name].append((round(load, 2), round(os.getloadavg()[0], 2)))
+                print(f"  {name:<26}{seconds:8.1f} s  FID {fids[name]:.9g}  (load {load:.2f} -> "
+                      f"{os.getloadavg()[0]:.2f})", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     def ratio(x: str, y: str) -> float | None:
@@ -226,10 +231,10 @@ def run(args: argparse.Namespace) -> dict:
 
     folder = NAMES["folder"]
     out = {
-        "images_per_set": args.images, "size": args.size, "repeats": args.repeats,
+        "images_per_set": args.images, "reference_images": n_ref, "size": args.size, "repeats": args.repeats,
         "against_stats": args.against_stats, "images_scored": scored, "only": list(args.only),
         "weights": "random FID-graph state dict (.pth), loaded by every tool",
-        "median_s": med, "all_s": times, "fid": fids,
+        "median_s": med, "all_s": times, "load_avg": loads, "fid": fids,
         "img_per_s": {k: scored / s for k, s in med.items()},
         "speedup": {"pytorch-fid": ratio(NAMES["pytorch-fid"], folder),
                     "clean-fid": ratio(NAMES["clean-fid"], NAMES["clean"]),
@@ -254,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(r: dict) -> None:
     against = "against reference statistics of B" if r["against_stats"] else "A against B"
-    print(f"{r['images_per_set']} + {r['images_per_set']} PNGs of {r['size']} px, {against} "
+    print(f"{r['images_per_set']} + {r['reference_images']} PNGs of {r['size']} px, {against} "
           f"({r['images_scored']} images scored per run); {r['weights']}; median of {r['repeats']}")
     m = r["model_only"]
     if m is not None:
@@ -294,6 +299,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Run it on a quiet machine: other load moves every figure.")
     p.add_argument("--images", type=int, default=10_000, help="images per set (default 10,000)")
+    p.add_argument("--reference-images", type=int, default=None,
+                   help="images in the reference set B (default: --images); more than 2,048 keeps its "
+                        "covariance full rank")
     p.add_argument("--size", type=int, default=64, help="side of the generated images (default 64)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each command (default 1)")
     p.add_argument("--model-rounds", type=int, default=10, help="timed batches of the model-only rate")
@@ -305,8 +313,12 @@ def main() -> None:
                    help="keep the generated sets, weights, references and engine cache here for later runs")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     args = p.parse_args()
-    if args.images < 2 or args.repeats < 1:
-        p.error("--images must be >= 2 and --repeats >= 1")
+    if args.images < 2 or args.repeats < 1 or (args.reference_images is not None and args.reference_images < 2):
+        p.error("--images and --reference-images must be >= 2 and --repeats >= 1")
+    # The allocator setting our metric commands make as they start (runtime.threads.prepare_process), for
+    # the model-only rate timed in this process.
+    from inceptionv3.runtime.threads import keep_freed_memory
+    keep_freed_memory()
     results = run(args)
     from inceptionv3.bench import harness
     results["environment"] = {"cpu": harness.cpu_info(), "versions": harness.versions()}

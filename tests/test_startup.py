@@ -147,3 +147,31 @@ def test_weights_list_loads_no_torch():
                           "torch": "torch" in sys.modules}))
         """))
     assert report == {"exit": 0, "fid": True, "torch": False}
+
+
+# Where a 64 MB block lands (glibc hands blocks above 32 MB to mmap unless told to keep them in its heap):
+# prepare_process(COMMAND) as the command line calls it, or nothing.
+_BIG_BLOCK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from inceptionv3.runtime.threads import prepare_process
+    if sys.argv[1] != "-":
+        prepare_process(sys.argv[1])
+    block = np.ones(64 << 20, np.uint8)
+    heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+    lo, hi = (int(x, 16) for x in heap[0].split("-")) if heap else (0, 0)
+    print(json.dumps({"in_heap": lo <= block.ctypes.data < hi}))
+    """)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/maps").is_file(),
+                    reason="glibc's allocator on Linux")
+@pytest.mark.parametrize(("command", "env", "in_heap"), [
+    ("features", {}, True), ("fid", {}, True), ("serve", {}, True),
+    ("train", {}, False), ("-", {}, False),
+    ("features", {"MALLOC_ARENA_MAX": "2"}, False),     # the user's own malloc settings win
+])
+def test_inference_commands_keep_freed_memory_for_reuse(command, env, in_heap, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _python(_BIG_BLOCK, command) == {"in_heap": in_heap}

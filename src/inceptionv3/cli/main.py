@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Progress lines (training epochs, downloads) are INFO; -v adds DEBUG detail and tracebacks.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
-    prepare_process()   # before anything loads torch
+    prepare_process(args.command)   # before anything loads torch
     try:
         return args.func(args)
     except (CommandError, WeightsError, ValueError, OSError, ImportError) as e:

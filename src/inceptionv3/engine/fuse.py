@@ -6,7 +6,8 @@ and in every Mixed block the 1x1 convs that read the block input fused into one 
 is split (Mixed_5b: 64 + 48 + 64 + 32 channels in one GEMM instead of four). The average-pool branch's
 1x1 conv joins that GEMM too: a bias-free 1x1 conv commutes with a 3x3 average pool (both are linear
 and a zero pad stays zero), so we pool its narrow output instead of the wide input, then add the bias
-and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative).
+and the ReLU. The result equals the model within float rounding (tested at 1e-4 relative). ReLUs and
+bias additions run in place on the tensors the rewrite makes (one pass over memory fewer each).
 """
 from __future__ import annotations
 
@@ -69,12 +70,12 @@ class _Siblings(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         y = self.conv(x)
         if not self.pooled:
-            return list(torch.split(F.relu(y) if self.relu else y, self.sizes, 1))
+            return list(torch.split(F.relu(y, inplace=True) if self.relu else y, self.sizes, 1))
         head, pool = y[:, :-self.pooled], y[:, -self.pooled:]
         pool = F.avg_pool2d(pool, 3, stride=1, padding=1, count_include_pad=self.count_include_pad)
-        pool = pool + self.pool_bias
-        parts = list(torch.split(F.relu(head) if self.relu else head, self.sizes, 1))
-        return parts + [F.relu(pool) if self.relu else pool]
+        pool = pool.add_(self.pool_bias)
+        parts = list(torch.split(F.relu(head, inplace=True) if self.relu else head, self.sizes, 1))
+        return parts + [F.relu(pool, inplace=True) if self.relu else pool]
 
 
 class _Fork(nn.Module):
@@ -131,7 +132,7 @@ class PooledConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.avg_pool2d(self.conv(x), 3, stride=1, padding=1, count_include_pad=self.count_include_pad)
-        return F.relu(y + self.bias)
+        return F.relu(y.add_(self.bias), inplace=True)
 
 
 class _Branches(nn.Module):
