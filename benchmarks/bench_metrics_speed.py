@@ -214,13 +214,14 @@ def run(args: argparse.Namespace) -> dict:
         fids: dict[str, float] = {}
         for i in range(args.repeats):
             for name, cmd in (cmds.items() if i % 2 == 0 else reversed(cmds.items())):
-                load = os.getloadavg()[0]
+                before = os.getloadavg()[0]
                 seconds, out = timed(cmd, env)
+                after = os.getloadavg()[0]
                 times[name].append(seconds)
                 fids[name] = fid_of(out)
-                loads[name].append((round(load, 2), round(os.getloadavg()[0], 2)))
-                print(f"  {name:<26}{seconds:8.1f} s  FID {fids[name]:.9g}  (load {load:.2f} -> "
-                      f"{os.getloadavg()[0]:.2f})", flush=True)
+                loads[name].append((round(before, 2), round(after, 2)))
+                print(f"  {name:<26}{seconds:8.1f} s  FID {fids[name]:.9g}  (load {before:.2f} -> "
+                      f"{after:.2f})", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     def ratio(x: str, y: str) -> float | None:

@@ -150,13 +150,14 @@ def test_weights_list_loads_no_torch():
 
 
 # Where a 64 MB block lands (glibc hands blocks above 32 MB to mmap unless told to keep them in its heap):
-# prepare_process(COMMAND) as the command line calls it, or nothing.
+# prepare_process for the command module COMMAND as the command line calls it, or nothing.
 _BIG_BLOCK = textwrap.dedent("""
     import json, sys
     import numpy as np
+    from inceptionv3.cli.main import INFERENCE_COMMANDS
     from inceptionv3.runtime.threads import prepare_process
     if sys.argv[1] != "-":
-        prepare_process(sys.argv[1])
+        prepare_process(inference=sys.argv[1] in INFERENCE_COMMANDS)
     block = np.ones(64 << 20, np.uint8)
     heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
     lo, hi = (int(x, 16) for x in heap[0].split("-")) if heap else (0, 0)

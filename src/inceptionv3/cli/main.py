@@ -19,6 +19,10 @@ from .common import EXIT_USAGE, CommandError
 # In the order `inceptionv3 --help` lists them.
 COMMANDS = ("predict", "features", "explain", "serve", "info", "weights", "cache", "train", "plot", "evaluate",
             "fid", "kid", "inception_score", "prdc", "stats", "export", "convert", "bench")
+# The command modules that run the network forward over many batches of one shape: their processes keep
+# freed memory for the next batch (runtime.threads.keep_freed_memory).
+INFERENCE_COMMANDS = frozenset({"predict", "features", "explain", "serve", "evaluate", "fid", "kid",
+                                "inception_score", "prdc", "stats"})
 VERBOSE_HELP = "log what the library does, and show tracebacks"
 
 
@@ -44,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Progress lines (training epochs, downloads) are INFO; -v adds DEBUG detail and tracebacks.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s")
-    prepare_process(args.command)   # before anything loads torch
+    # before anything loads torch; the command's module, since a command's name may differ from it (`is`)
+    prepare_process(inference=args.func.__module__.rpartition(".")[2] in INFERENCE_COMMANDS)
     try:
         return args.func(args)
     except (CommandError, WeightsError, ValueError, OSError, ImportError) as e:

@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Commands that run the network forward over many batches of one shape (``keep_freed_memory``).
-INFERENCE_COMMANDS = frozenset({"predict", "features", "explain", "serve", "evaluate", "fid", "kid",
-                                "inception_score", "prdc", "stats"})
-
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
@@ -52,12 +48,12 @@ def keep_freed_memory() -> bool:
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
 
-def prepare_process(command: str | None = None) -> None:
+def prepare_process(inference: bool = False) -> None:
     """Settings a command applies as it starts, before torch loads (never at import: a library leaves
     its user's environment alone).
 
-    An inference command (``INFERENCE_COMMANDS``) also keeps freed memory for reuse
-    (``keep_freed_memory``).
+    A command that runs the network forward over many batches of one shape (``inference``) also keeps
+    freed memory for reuse (``keep_freed_memory``).
 
     OpenMP threads that spin while they wait take the time slice their partner needs whenever another
     process shares the cores; a short spin before sleeping keeps the quiet-machine speed and most of the
@@ -65,7 +61,7 @@ def prepare_process(command: str | None = None) -> None:
     loads, so it is made only while torch is not loaded yet; a wait policy or spin count the user
     exported wins.
     """
-    if command in INFERENCE_COMMANDS:
+    if inference:
         keep_freed_memory()
     if "torch" in sys.modules:
         return
