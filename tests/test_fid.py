@@ -64,6 +64,37 @@ def test_singular_covariances_give_a_real_number_and_diagnostics():
     assert res.value == pytest.approx(res.mean_term + res.trace_term)
 
 
+def test_low_rank_factor_gives_the_eigendecomposition_s_distance(monkeypatch):
+    # N < dims: the pivoted Cholesky factor (rank N - 1) and the eigen-decomposition route agree to
+    # rounding, and the factor is the one that ran.
+    rng = np.random.default_rng(6)
+    mu1, s1 = _stats(rng, 20, 256)
+    mu2, s2 = _stats(rng, 30, 256, shift=0.2)
+    factor = functional._low_rank_factor(torch.from_numpy(s1), max_rank=64)
+    assert factor is not None and factor.shape == (256, 19)
+    assert torch.allclose(factor @ factor.T, torch.from_numpy(s1), rtol=0, atol=1e-12 * s1.max())
+    fast = functional.frechet_distance(mu1, s1, mu2, s2)
+    monkeypatch.setattr(functional, "_low_rank_factor", lambda s, max_rank: None)
+    assert fast == pytest.approx(functional.frechet_distance(mu1, s1, mu2, s2), rel=1e-12)
+
+
+def test_low_rank_factor_declines_high_rank_and_indefinite_matrices():
+    rng = np.random.default_rng(7)
+    _, s = _stats(rng, 100, 64)                    # rank 63 > the cap
+    assert functional._low_rank_factor(torch.from_numpy(s), max_rank=16) is None
+    indefinite = np.eye(16) * 1e-3
+    indefinite[0, 1] = indefinite[1, 0] = 2.0      # with unit variances: eigenvalues 3 and -1
+    indefinite[0, 0] = indefinite[1, 1] = 1.0
+    assert functional._low_rank_factor(torch.from_numpy(indefinite), max_rank=16) is None
+
+
+def test_a_zero_covariance_leaves_the_means_and_the_other_trace():
+    rng = np.random.default_rng(8)
+    mu2, s2 = _stats(rng, 40, 16)
+    res = functional.frechet_details(np.zeros(16), np.zeros((16, 16)), mu2, s2)
+    assert res.value == pytest.approx(float(mu2 @ mu2) + np.trace(s2), rel=1e-12)
+
+
 def test_torch_inputs_and_bad_inputs():
     rng = np.random.default_rng(4)
     mu1, s1 = _stats(rng, 200, 8)

