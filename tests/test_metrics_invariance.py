@@ -127,3 +127,17 @@ def test_fid_does_not_depend_on_the_number_of_processes(two_sets, tmp_path):
     for (world, rank), r in results.items():
         assert r["world"] == world and r["n"] == [N, N]
         assert r["fid"] == pytest.approx(one, rel=RTOL), (world, rank, r["fid"], one)
+
+
+def test_torchrun_prints_the_result_on_rank_0_only(two_sets):
+    # Every rank holds the same result and warnings; only global rank 0 prints them, every rank exits 0.
+    root = two_sets["root"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "inceptionv3",
+           "fid", str(root / "a"), str(root / "b"), "--weights", two_sets["weights"], "--dims", "64",
+           "--device", "cpu", "--workers", "0", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("FID: ") == 1, proc.stdout
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("inceptionv3 fid: warning: ")]
+    assert warned and len(warned) == len(set(warned)), proc.stderr[-3000:]   # 9 images, 64-d: singular

@@ -212,14 +212,27 @@ def with_warnings(fn: Callable[..., dict], *a, **kw) -> dict:
     return result
 
 
+def is_main_rank() -> bool:
+    """Whether this process prints a metric's result: global rank 0 under torchrun, or a process of its own.
+
+    Every rank holds the same result, so one prints it; the rank is torchrun's ``RANK``, so no process
+    group is needed to know it.
+    """
+    from ..runtime.distributed import env_from_environ  # imports torch, which the metric has loaded
+    return env_from_environ().is_main
+
+
 def report_metric(args: argparse.Namespace, result: dict, line: str, failed: int = 0) -> int:
     """The warnings once each, then the result as one line or as JSON; exit code 1 when ``failed``
-    images could not be read (the result, over the rest, is still printed), as predict and features."""
-    for w in result.get("warnings", []):
-        print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
-    print(json.dumps(result, indent=2) if args.format == "json" else line)
-    if failed:
-        print(f"inceptionv3 {args.command}: {failed} image(s) could not be read (see the lines above); the "
-              f"result is over the rest", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+    images could not be read (the result, over the rest, is still printed), as predict and features.
+
+    Under torchrun only global rank 0 prints (``is_main_rank``); every rank returns the same exit code.
+    """
+    if is_main_rank():
+        for w in result.get("warnings", []):
+            print(f"inceptionv3 {args.command}: warning: {w}", file=sys.stderr)
+        print(json.dumps(result, indent=2) if args.format == "json" else line)
+        if failed:
+            print(f"inceptionv3 {args.command}: {failed} image(s) could not be read (see the lines above); the "
+                  f"result is over the rest", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -13,6 +13,7 @@ from .common import (
     CommandError,
     add_metric_parser,
     check_output,
+    is_main_rank,
     metric_kwargs,
     output_errors,
 )
@@ -36,13 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _info(args: argparse.Namespace) -> int:
     from ..metrics.stats import StatsMismatchError, check_compatible, describe, has_spatial, load_stats
     files = [f for f in (args.a, args.b) if f]
+    main = is_main_rank()       # under torchrun rank 0 describes; a file that cannot be read fails every rank
     loaded = []
     for f in files:
         s = load_stats(f)
         loaded.append(s)
         spatial = has_spatial(f)
-        print(describe(s) + ("; with sFID statistics (mu_s, sigma_s)" if spatial else ""))
-    if len(loaded) == 2:
+        if main:
+            print(describe(s) + ("; with sFID statistics (mu_s, sigma_s)" if spatial else ""))
+    if len(loaded) == 2 and main:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -76,15 +79,17 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         stats = compute_stats(args.a, dims=args.dims, **kwargs)
         spatial = compute_stats(args.a, dims=SFID_DIMS, **kwargs) if args.sfid else None
-    for w in dict.fromkeys(str(w.message) for w in caught):
-        print(f"inceptionv3 stats: warning: {w}", file=sys.stderr)
+    main = is_main_rank()     # every rank holds the same statistics; under torchrun rank 0 reports them
+    if main:
+        for w in dict.fromkeys(str(w.message) for w in caught):
+            print(f"inceptionv3 stats: warning: {w}", file=sys.stderr)
     with output_errors(args.out, "--out"):
         out = save_stats(stats, args.out, spatial)
-    extra = " and sFID's spatial statistics" if spatial is not None else ""
-    print(f"wrote {args.dims}-d statistics{extra} of {stats.n} images ({args.mode}) to {out}")
     failed = int(stats.meta.get("failed", 0))
-    if failed:
-        print(f"inceptionv3 stats: {failed} image(s) could not be read (see the lines above); the statistics "
-              f"are over the rest", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+    if main:
+        extra = " and sFID's spatial statistics" if spatial is not None else ""
+        print(f"wrote {args.dims}-d statistics{extra} of {stats.n} images ({args.mode}) to {out}")
+        if failed:
+            print(f"inceptionv3 stats: {failed} image(s) could not be read (see the lines above); the "
+                  f"statistics are over the rest", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
