@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..runtime.threads import available_cores, bound_workers
 from .datasets import BadImage, SkippedImages, Transform
 from .decode import ImageError, load_image
+
+B = TypeVar("B")
 
 
 def default_workers() -> int:
@@ -100,24 +103,24 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _batches_in_process(dataset: ImageFiles, batch_size: int, threads: int,
-                        pin_memory: bool) -> Iterator[Batch]:
-    """workers=0: each batch is decoded here, between model calls, by ``threads`` threads.
+def in_process_batches(dataset: Dataset, batch_size: int, threads: int,
+                       collate: Callable[[list[Any]], B]) -> Iterator[B]:
+    """``collate`` of each run of ``batch_size`` items of ``dataset``, in order: workers=0, where each batch
+    is decoded here, between model calls, by ``threads`` threads.
 
     The model and the decoding then take turns on every core instead of fighting over them. PIL releases
     the GIL while it decodes and resizes, so threads share the work. Torch's per-image ops (to float,
-    normalise) run single-threaded: split across cores, a 3 x 299 x 299 tensor op costs more in
-    fork/join than it saves, and on a busy machine a multi-threaded one waits for a core at each barrier.
+    normalise, resize) run single-threaded: split across cores, a 3 x 299 x 299 tensor op costs more in
+    fork/join than it saves, on a busy machine a multi-threaded one waits for a core at each barrier, and
+    torch's resize rounds differently when it splits an image between threads.
     """
     pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
+    get = pool.map if pool else map
     try:
         for start in range(0, len(dataset), batch_size):
-            indices = range(start, min(start + batch_size, len(dataset)))
             with _torch_threads(1):
-                get = pool.map if pool else map
-                items = list(get(dataset.__getitem__, indices))
-                batch = collate_images(items)
-            yield batch.pin_memory() if pin_memory and batch.indices else batch
+                batch = collate(list(get(dataset.__getitem__, range(start, min(start + batch_size, len(dataset))))))
+            yield batch
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -148,7 +151,8 @@ def image_batches(
         threads = available_cores() if decode_threads is None else decode_threads
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"decode_threads must be an integer >= 1 or None, got {decode_threads!r}")
-        yield from _batches_in_process(ImageFiles(paths, transform, mode), batch_size, threads, pin_memory)
+        for batch in in_process_batches(ImageFiles(paths, transform, mode), batch_size, threads, collate_images):
+            yield batch.pin_memory() if pin_memory and batch.indices else batch
         return
     loader = DataLoader(
         ImageFiles(paths, transform, mode),

@@ -26,7 +26,6 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..runtime.threads import available_cores
 from .decode import ImageError, load_image
+from .loaders import in_process_batches
 from .paths import IMAGE_EXTENSIONS, InputError
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def sample_batches(samples: ZipImages | ArrayImages | TarShards, batch_size: int
     # it splits an image between threads (by up to 2.4e-7), and the features should not depend on that.
     # Images of an indexable set are decoded side by side on a thread per core (PIL releases the GIL).
     if not isinstance(samples, IterableDataset) and available_cores() > 1:
-        yield from _threaded_batches(samples, batch_size, available_cores())
+        yield from in_process_batches(samples, batch_size, available_cores(), collate_samples)
         return
     batches = iter(loader)
     while True:
@@ -467,17 +467,3 @@ def sample_batches(samples: ZipImages | ArrayImages | TarShards, batch_size: int
         if batch is None:
             return
         yield batch
-
-
-
-def _threaded_batches(samples: ZipImages | ArrayImages, batch_size: int, threads: int) -> Iterator[SampleBatch]:
-    """Batches decoded in this process by ``threads`` threads, torch running one thread per call."""
-    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        for start in range(0, len(samples), batch_size):
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                items = list(pool.map(samples.__getitem__, range(start, min(start + batch_size, len(samples)))))
-            finally:
-                torch.set_num_threads(before)
-            yield collate_samples(items)
