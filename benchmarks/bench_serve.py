@@ -14,8 +14,14 @@ machine it took). Levels stop after ``--max-seconds`` even if not all requests r
 Request bodies: ours and the plain server take the JPEG bytes as the body; LitServe takes JSON with the
 image in base64, as its image examples do (its request decoding is JSON or form data).
 
-Every process gets the OpenMP spin setting ``inceptionv3`` makes for itself (``GOMP_SPINCOUNT``), so that on
-a shared machine the peers are not slowed by spinning threads that ours avoids.
+Every process gets the OpenMP spin setting ``inceptionv3`` makes for itself (``GOMP_SPINCOUNT``: this process
+makes it with ``runtime.threads.prepare_process`` and every server inherits it; a wait policy or spin count
+the user exported wins for all of them), so that on a shared machine the peers are not slowed by spinning
+threads that ours avoids. Our server's other start-up setting, keeping freed memory in malloc's heap for the
+next batch (``runtime.threads.keep_freed_memory``, made by ``inceptionv3 serve`` as an inference command), is
+not given to the peers, the plain FastAPI server and LitServe, nor to this process, where the reference is
+timed: it is part of how our server runs, not a setting of the machine, and as a ``mallopt`` call inside the
+process nothing inherits it.
 
 The reference for concurrency 1: the engine the server runs (``serve.service.serving_engine``: the same
 backend and precision, as ``predict`` runs it for a large job) on one preprocessed image (median of
