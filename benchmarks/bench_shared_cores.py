@@ -114,7 +114,7 @@ def measure(commands: dict[str, list[str]], repeats: int, env: dict[str, str]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--images", type=int, default=128, help="PNGs for the features case (auto times the precisions from 128)")
+    ap.add_argument("--images", type=int, default=128, help="PNGs for the features case (auto times the precisions from 512 images; below, it takes bf16)")
     ap.add_argument("--train-images", type=int, default=None, help="default: all 1,347 training digits")
     ap.add_argument("--epochs", type=int, default=2,
                     help="training epochs (auto times the precisions over the run's first 8 steps)")

@@ -21,6 +21,7 @@ is recorded beside it and checked before use, and a file that fails the check is
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -59,11 +60,15 @@ DIRECT = EngineOptions(device="cpu", backend="torch")
 POOLS_MOVED = {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8")}
 
 
-# precision "auto" times bf16 against fp32 on this many images of the first batch, for jobs of at least
-# PROBE_MIN_IMAGES images (the comparison costs about four images' worth of fp32 work: a few percent of
-# such a job; a smaller one would spend a noticeable share of its time on it).
+# precision "auto" times bf16 against fp32 on the job's first batch, for jobs of at least
+# PROBE_MIN_IMAGES images: a warm-up and a timed call of each on PROBE_IMAGES rows apiece, every call on
+# rows of its own, and the winner's rows are kept as the batch's output. The timing still costs about a
+# second on a taken core (the fp32 graph, its kernels' first use, four small calls), some 25 images'
+# worth of work, so it runs where that is under about 5% of the job. Below that the native-bf16 rule
+# stands: under a one-core load bf16 inference was 1.4-2.4x faster than fp32 at every size measured
+# (docs/performance.md), and a one-image probe was too noisy to trust there.
 PROBE_IMAGES = 2
-PROBE_MIN_IMAGES = 128
+PROBE_MIN_IMAGES = 512
 
 
 class Head(nn.Module):
@@ -101,37 +106,61 @@ class Engine:
         self.cache_files: list[Path] = []
         self.folded_bn = True      # build_engine says whether the network had batch norm to fold
         # precision "auto" on a shared multi-core CPU: the fp32 graph beside the bf16 one until the first
-        # batch has timed both (``resolve.faster``); then only the faster is kept.
+        # batch has timed both (``_choose_precision``); then only the faster is kept.
         self.fp32_alternative: nn.Module | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
             raise ValueError(f"engine input must be N x C x H x W, got shape {tuple(images.shape)}")
-        if self.fp32_alternative is not None:
-            self._choose_precision(images[:PROBE_IMAGES])
+        if self.fp32_alternative is not None and len(images):
+            return self._choose_precision(images)
         if self.backend == "torch":
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            x = images.to(self.device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                return self.head(x).float().cpu()
+            return self._run_torch(self.head, self.precision, images)
         run = self._session(tuple(images.shape[1:]))
         x = np.ascontiguousarray(images.detach().cpu().float().numpy())
         return torch.from_numpy(run(x)).float()
 
-    def _choose_precision(self, sample: torch.Tensor) -> None:
-        """Keep bf16 or switch to fp32, whichever runs ``sample`` faster here and now."""
-        graphs = {"bf16": self.module, "fp32": self.fp32_alternative}
+    def _run_torch(self, head: nn.Module, precision: str, images: torch.Tensor) -> torch.Tensor:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        x = images.to(self.device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return head(x).float().cpu()
+
+    def _choose_precision(self, images: torch.Tensor) -> torch.Tensor:
+        """Keep bf16 or switch to fp32, whichever runs this batch's first rows faster here and now, and
+        return the batch's output, every row from the chosen graph.
+
+        The timed calls take rows of their own (two chunks of ``PROBE_IMAGES`` rows per precision; fewer
+        rows, reused, in a small batch), so the winner's results are the output for its rows and only the
+        loser's rows run again. A row's result does not depend on the batch it runs in beyond rounding
+        (the FID graph's fp32 features not at all), so the output is what the chosen precision gives the
+        whole batch."""
+        heads = {"bf16": self.head, "fp32": Head(self.fp32_alternative, self.output).eval()}
         self.fp32_alternative = None
+        n = len(images)
+        k = max(1, min(PROBE_IMAGES, n // 4))
+        starts = iter([min(i * k, n - k) for i in range(4)] + [0] * 4)   # the spare starts: any extra call
+        done: list[tuple[str, int, torch.Tensor]] = []
 
         def run(precision: str) -> None:
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            x = sample.to(self.device, dtype).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                Head(graphs[precision], self.output).eval()(x)
+            start = next(starts)
+            done.append((precision, start, self._run_torch(heads[precision], precision, images[start:start + k])))
 
         self.precision = faster(run, "bf16", "fp32", "precision", rounds=1)
-        self.module = graphs[self.precision]
-        self.head = Head(self.module, self.output).eval()
+        self.head = heads[self.precision]
+        self.module = self.head.model
+        kept = [(start, out) for precision, start, out in done if precision == self.precision]
+        if not kept:
+            return self._run_torch(self.head, self.precision, images)
+        out = kept[0][1].new_empty((n, *kept[0][1].shape[1:]))
+        covered = torch.zeros(n, dtype=torch.bool)
+        for start, rows in kept:
+            out[start:start + k] = rows
+            covered[start:start + k] = True
+        rest = (~covered).nonzero().flatten()
+        if rest.numel():
+            out[rest] = self._run_torch(self.head, self.precision, images[rest])
+        return out
 
     def describe(self) -> str:
         arch = getattr(self.module, "arch", type(self.module).__name__)
@@ -265,17 +294,20 @@ def build_engine(model: nn.Module, output: str = "logits", options: EngineOption
     # them slowed both, so they get the BN-folded graph (see POOLS_MOVED for the average pools).
     fused = fuse_for_inference(model, siblings=backend == "torch",
                                pool_after_conv=(backend, precision) in POOLS_MOVED)
+    # precision "auto" on a shared multi-core CPU keeps an fp32 copy of the fused graph until the first
+    # batch has timed both (Engine._choose_precision); a copy costs a fraction of fusing again.
+    timed = (options.precision == "auto" and backend == "torch" and precision == "bf16"
+             and images is not None and images >= PROBE_MIN_IMAGES
+             and worth_timing(dev, torch.get_num_threads(), env_from_environ().distributed))
+    fp32_alternative = copy.deepcopy(fused).to(dev, torch.float32, memory_format=torch.channels_last) \
+        if timed else None
     if backend == "torch":
         fused = fused.to(dev, torch.bfloat16 if precision == "bf16" else torch.float32,
                          memory_format=torch.channels_last)
     else:
         fused = fused.cpu()
     engine = Engine(fused, output, precision, backend, dev, calibration)
-    if (options.precision == "auto" and backend == "torch" and precision == "bf16"
-            and images is not None and images >= PROBE_MIN_IMAGES
-            and worth_timing(dev, torch.get_num_threads(), env_from_environ().distributed)):
-        engine.fp32_alternative = fuse_for_inference(model, siblings=True).to(
-            dev, torch.float32, memory_format=torch.channels_last)
+    engine.fp32_alternative = fp32_alternative
     engine.folded_bn = has_batch_norm(model)
     engine.build_seconds = time.perf_counter() - t0
     # Under torchrun every rank builds the same engine: one line (rank 0's) says what runs.
