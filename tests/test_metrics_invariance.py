@@ -141,3 +141,24 @@ def test_torchrun_prints_the_result_on_rank_0_only(two_sets):
     assert proc.stdout.count("FID: ") == 1, proc.stdout
     warned = [line for line in proc.stderr.splitlines() if line.startswith("inceptionv3 fid: warning: ")]
     assert warned and len(warned) == len(set(warned)), proc.stderr[-3000:]   # 9 images, 64-d: singular
+
+
+def test_torchrun_stats_writes_one_file_equal_to_one_process(two_sets, tmp_path):
+    # Under torchrun the statistics are said once (rank 0 writes them); the file is what one process computes.
+    root = two_sets["root"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INCEPTIONV3_NUM_THREADS": "1"}
+    args = ["stats", str(root / "a"), "--weights", two_sets["weights"], "--dims", "64", "--device", "cpu",
+            "--workers", "0", "--no-progress"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "inceptionv3", *args, "--out", str(tmp_path / "two.npz")],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1, two.stdout
+    one = subprocess.run([sys.executable, "-m", "inceptionv3", *args, "--out", str(tmp_path / "one.npz")],
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (metrics.load_stats(tmp_path / f"{n}.npz") for n in ("two", "one"))
+    assert a.n == b.n == N
+    np.testing.assert_allclose(a.mu, b.mu, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(a.sigma, b.sigma, rtol=RTOL, atol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]   # nothing else left

@@ -83,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if main:
         for w in dict.fromkeys(str(w.message) for w in caught):
             print(f"inceptionv3 stats: warning: {w}", file=sys.stderr)
-    with output_errors(args.out, "--out"):
-        out = save_stats(stats, args.out, spatial)
+    out = args.out
+    if main:      # one writer: the other ranks hold the same statistics
+        with output_errors(args.out, "--out"):
+            out = save_stats(stats, args.out, spatial)
     failed = int(stats.meta.get("failed", 0))
     if main:
         extra = " and sFID's spatial statistics" if spatial is not None else ""

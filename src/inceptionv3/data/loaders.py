@@ -7,7 +7,6 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..runtime.threads import available_cores, bound_workers
+from ..runtime.threads import available_cores, bound_workers, torch_threads
 from .datasets import BadImage, SkippedImages, Transform
 from .decode import ImageError, load_image
 
@@ -90,19 +89,6 @@ def collate_images(items: Sequence[tuple[torch.Tensor | None, int, str | None]])
     return Batch(images, [i for _, i in good], failures)
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads inside the block, then restore the budget."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
 def in_process_batches(dataset: Dataset, batch_size: int, threads: int,
                        collate: Callable[[list[Any]], B]) -> Iterator[B]:
     """``collate`` of each run of ``batch_size`` items of ``dataset``, in order: workers=0, where each batch
@@ -118,7 +104,7 @@ def in_process_batches(dataset: Dataset, batch_size: int, threads: int,
     get = pool.map if pool else map
     try:
         for start in range(0, len(dataset), batch_size):
-            with _torch_threads(1):
+            with torch_threads(1):
                 batch = collate(list(get(dataset.__getitem__, range(start, min(start + batch_size, len(dataset))))))
             yield batch
     finally:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..runtime.threads import available_cores
+from ..runtime.threads import available_cores, torch_threads
 from .decode import ImageError, load_image
 from .loaders import in_process_batches
 from .paths import IMAGE_EXTENSIONS, InputError
@@ -458,12 +458,8 @@ def sample_batches(samples: ZipImages | ArrayImages | TarShards, batch_size: int
         return
     batches = iter(loader)
     while True:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             batch = next(batches, None)
-        finally:
-            torch.set_num_threads(threads)
         if batch is None:
             return
         yield batch

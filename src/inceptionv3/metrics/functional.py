@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..runtime.threads import torch_threads
+
 log = logging.getLogger(__name__)
 
 Array = np.ndarray | torch.Tensor
@@ -138,12 +140,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,

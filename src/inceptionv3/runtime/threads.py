@@ -11,6 +11,8 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -154,3 +156,17 @@ def set_compute_threads(workers: int, threads: int | None = None) -> int:
         torch.set_num_threads(threads)
         log.debug("torch compute threads: %d (decode workers: %d)", threads, workers)
     return threads
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads inside the block, then restore the budget."""
+    import torch
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
