@@ -44,6 +44,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -278,11 +279,46 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies waiting to be reaped do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop(proc: subprocess.Popen, seconds: float = 60) -> None:
+    """Stop a server and every process it started. LitServe runs its model in worker processes that outlive
+    their parent's SIGTERM and would keep taking CPU from whatever is measured next, so each server runs in
+    a session of its own and its whole process group gets the signal: SIGTERM, then SIGKILL for what is
+    left after ``seconds``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _group_running(proc.pid):
+                break
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    proc.wait()
+
+
 def soak(weights: Path, jpegs: list[bytes], seconds: float, concurrency: int = 8) -> dict:
     """Our server under steady load for ``seconds``: its resident set after the warm-up and at the end."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1/predict"
     bodies = [(j, {"content-type": "image/jpeg"}) for j in jpegs]
     try:
@@ -305,8 +341,7 @@ def soak(weights: Path, jpegs: list[bytes], seconds: float, concurrency: int = 8
               flush=True)
         return result
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop(proc)
 
 
 def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[int, int]],
@@ -324,7 +359,8 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
                    {"content-type": "application/json"}) for j in jpegs]
     else:
         bodies = [(j, {"content-type": "image/jpeg"}) for j in jpegs]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         wait_ready(probe, proc)
         if kind == "inceptionv3":
@@ -343,12 +379,7 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
                   f"load generator {row['loadgen_cores']:.2f} cores)", flush=True)
         return rows
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main() -> None:
