@@ -62,11 +62,11 @@ POOLS_MOVED = {("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8
 
 # precision "auto" times bf16 against fp32 on the job's first batch, for jobs of at least
 # PROBE_MIN_IMAGES images: a warm-up and a timed call of each on PROBE_IMAGES rows apiece, every call on
-# rows of its own, and the winner's rows are kept as the batch's output. The timing still costs about a
-# second on a taken core (the fp32 graph, its kernels' first use, four small calls), some 25 images'
-# worth of work, so it runs where that is under about 5% of the job. Below that the native-bf16 rule
-# stands: under a one-core load bf16 inference was 1.4-2.4x faster than fp32 at every size measured
-# (docs/performance.md), and a one-image probe was too noisy to trust there.
+# rows of its own, and the winner's rows are kept as the batch's output. On a taken core the timing still
+# costs a few dozen images' worth of work (the fp32 graph, its kernels' first use, four small calls), so it
+# runs only where that is a few percent of the job. Below that the native-bf16 rule stands: under a
+# one-core load bf16 inference beat fp32 at every size measured (docs/performance.md), and timing one
+# image a call instead of two was too noisy to trust.
 PROBE_IMAGES = 2
 PROBE_MIN_IMAGES = 512
 
