@@ -291,6 +291,17 @@ def _group_running(pgid: int) -> bool:
     return False
 
 
+def _group_gone(proc: subprocess.Popen, seconds: float) -> bool:
+    """Wait up to ``seconds`` for every process of ``proc``'s group to end (reaping ``proc`` itself)."""
+    deadline = time.monotonic() + seconds
+    while _group_running(proc.pid):
+        proc.poll()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop(proc: subprocess.Popen, seconds: float = 60) -> None:
     """Stop a server and every process it started. LitServe runs its model in worker processes that outlive
     their parent's SIGTERM and would keep taking CPU from whatever is measured next, so each server runs in
@@ -301,15 +312,8 @@ def stop(proc: subprocess.Popen, seconds: float = 60) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            proc.poll()
-            if not _group_running(proc.pid):
-                break
-            time.sleep(0.1)
-        else:
-            continue
-        break
+        if _group_gone(proc, seconds):
+            break
     proc.wait()
 
 

@@ -139,11 +139,10 @@ class Engine:
         self.fp32_alternative = None
         n = len(images)
         k = max(1, min(PROBE_IMAGES, n // 4))
-        starts = iter([min(i * k, n - k) for i in range(4)] + [0] * 4)   # the spare starts: any extra call
         done: list[tuple[str, int, torch.Tensor]] = []
 
         def run(precision: str) -> None:
-            start = next(starts)
+            start = min(len(done) * k, n - k)     # the next rows; a small batch reuses its last ones
             done.append((precision, start, self._run_torch(heads[precision], precision, images[start:start + k])))
 
         self.precision = faster(run, "bf16", "fp32", "precision", rounds=1)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,17 +130,12 @@ def _low_rank_factor(s1: torch.Tensor, max_rank: int) -> torch.Tensor | None:
     return factor
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+def _one_cpu_thread(device: torch.device) -> AbstractContextManager[None]:
     # Symmetric eigensolvers synchronise their threads at every column: on a shared machine with a core
     # busy, a multi-threaded 2048-d eigh ran many times slower than a single-threaded one
     # (docs/performance.md). The work is small next to feature extraction, so the CPU route runs on one
     # thread.
-    if device.type != "cpu":
-        yield
-        return
-    with torch_threads(1):
-        yield
+    return torch_threads(1) if device.type == "cpu" else nullcontext()
 
 
 def frechet_details(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
