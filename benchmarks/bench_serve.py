@@ -5,9 +5,9 @@ model, all on 127.0.0.1, at one precision (``--precision fp32``, the default, or
 in one run. Ours runs as a user starts it (``--backend auto`` unless ``--backend`` says otherwise).
 
 Each server runs alone in its own process (started, measured at every concurrency, stopped) while this
-process is the load generator: ``--concurrency`` clients (asyncio + httpx, one connection each) send
-JPEGs (distinct 500 x 375 images) back to back; the first requests of each level warm up and are not
-counted. Per level: requests/s over the timed ones, p50 and p99 latency, and the CPU this process used
+process is the load generator: ``--concurrency`` clients (asyncio + aiohttp, one connection each) send
+JPEGs (distinct 500 x 375 images) back to back; the first requests of each level (8, or one per client
+where there are more) warm up and are not counted. Per level: requests/s over the timed ones, p50 and p99 latency, and the CPU this process used
 (the load generator shares the cores with the server: its cores-busy figure says how much of the
 machine it took). Levels stop after ``--max-seconds`` even if not all requests ran.
 
@@ -26,6 +26,10 @@ process nothing inherits it.
 The reference for concurrency 1: the engine the server runs (``serve.service.serving_engine``: the same
 backend and precision, as ``predict`` runs it for a large job) on one preprocessed image (median of
 repeats), plus decoding and preprocessing one of the JPEGs, timed in this process before any server starts.
+The same engine's images/s on full batches (32) is printed beside it, with two bounds that are not targets:
+that rate over the plain server's at the highest concurrency (what the first target's ratio could be at most
+in this run, for a server that cost nothing beyond its engine), and ours over that rate (the share of its
+own engine our server delivers).
 
 Targets at concurrency 32: ours >= 3x the plain server's requests/s and >= 1.3x LitServe's, with p99 no
 worse than LitServe's; at concurrency 1, our p50 within 15% of the reference.
@@ -61,6 +65,8 @@ from inceptionv3.runtime.threads import prepare_process
 
 STD = (0.5, 0.5, 0.5)   # the ImageNet preset of torchvision's inception_v3: mean = std = 0.5
 THROUGHPUT_VS_PLAIN, THROUGHPUT_VS_LITSERVE, C1_OVERHEAD = 3.0, 1.3, 1.15
+MAX_BATCH = 32          # our server's --max-batch here, and LitServe's max_batch_size
+WARMUP_REQUESTS = 8     # untimed requests per level (at least one per client): first decodes and hops
 
 
 # -- the two reference servers (run as `bench_serve.py --serve KIND PORT WEIGHTS`) -------------------------
@@ -147,7 +153,7 @@ class LitInception(ls.LitAPI):
 
 def serve_litserve(port: int, weights: str, precision: str) -> None:
     """LitServe with its batching (up to 32 requests, 5 ms batch timeout) over the same model."""
-    server = ls.LitServer(LitInception(weights, precision, max_batch_size=32, batch_timeout=0.005),
+    server = ls.LitServer(LitInception(weights, precision, max_batch_size=MAX_BATCH, batch_timeout=0.005),
                           accelerator="cpu",
                           workers_per_device=1, timeout=120)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, num_api_servers=1)
@@ -188,8 +194,11 @@ def make_inputs(folder: Path, n: int = 8) -> tuple[Path, list[bytes]]:
     return weights, jpegs
 
 
-def reference_latency(weights: Path, jpeg: bytes, precision: str, backend: str, repeats: int = 10) -> dict:
-    """The server's engine on one image (median) and decoding + preprocessing one JPEG (median), seconds."""
+def reference_latency(weights: Path, jpeg: bytes, precision: str, backend: str, batch: int,
+                      repeats: int = 10) -> dict:
+    """The server's engine on one image (median) and decoding + preprocessing one JPEG (median), seconds;
+    and the engine's images/s on batches of ``batch`` (median of 3): the most any server running it reaches,
+    before HTTP and decoding."""
     import torch
 
     from inceptionv3.data.decode import load_image
@@ -212,22 +221,34 @@ def reference_latency(weights: Path, jpeg: bytes, precision: str, backend: str, 
         t = time.perf_counter()
         transform(load_image("bench.jpg", data=jpeg))
         decode_s.append(time.perf_counter() - t)
+    xs = x.expand(batch, -1, -1, -1).contiguous()
+    engine(xs)
+    batch_s = []
+    for _ in range(3):
+        t = time.perf_counter()
+        engine(xs)
+        batch_s.append(time.perf_counter() - t)
     described = engine.describe()
     del engine, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return {"model_s": statistics.median(model_s), "decode_s": statistics.median(decode_s), "engine": described}
+    return {"model_s": statistics.median(model_s), "decode_s": statistics.median(decode_s), "engine": described,
+            "batch": batch, "batch_img_per_s": batch / statistics.median(batch_s)}
 
 
 async def load(url: str, bodies: list[tuple[bytes, dict]], concurrency: int, requests: int, warmup: int,
                max_seconds: float) -> dict:
-    """``requests`` timed requests (after ``warmup``) from ``concurrency`` clients sending back to back."""
-    import httpx
+    """``requests`` timed requests (after ``warmup``) from ``concurrency`` clients sending back to back.
+
+    aiohttp, whose HTTP parsing is compiled: on these cores the load generator shares the machine with the
+    server, and a pure-Python client took ten times its CPU per request (and a millisecond more of each
+    latency) away from what is measured."""
+    import aiohttp
 
     latencies: list[float] = []
     failures = 0
     counter = iter(range(10**9))
 
-    async def client(c: httpx.AsyncClient, stop_at: float, sink: list[float] | None, todo: int) -> None:
+    async def client(session: aiohttp.ClientSession, stop_at: float, sink: list[float] | None, todo: int) -> None:
         nonlocal failures
         while True:
             i = next(counter)
@@ -235,19 +256,21 @@ async def load(url: str, bodies: list[tuple[bytes, dict]], concurrency: int, req
                 return
             body, headers = bodies[i % len(bodies)]
             t = time.perf_counter()
-            r = await c.post(url, content=body, headers=headers)
-            if r.status_code != 200:
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                ok = r.status == 200
+            if not ok:
                 failures += 1
             elif sink is not None:
                 sink.append(time.perf_counter() - t)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as c:
-        await asyncio.gather(*(client(c, time.perf_counter() + max_seconds, None, warmup)
+    connector = aiohttp.TCPConnector(limit=concurrency)     # one kept-alive connection per client
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        await asyncio.gather(*(client(session, time.perf_counter() + max_seconds, None, warmup)
                                for _ in range(concurrency)))
         counter = iter(range(10**9))
         cpu0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(client(c, t0 + max_seconds, latencies, requests) for _ in range(concurrency)))
+        await asyncio.gather(*(client(session, t0 + max_seconds, latencies, requests) for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     q = np.quantile(latencies, [0.5, 0.99]) if latencies else [float("nan")] * 2
     return {"concurrency": concurrency, "requests": len(latencies), "failures": failures,
@@ -353,7 +376,7 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
     port = free_port()
     if kind == "inceptionv3":
         cmd = [sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--port", str(port),
-               "--max-batch", "32", "--max-delay-ms", "5", "--precision", precision, "--backend", backend]
+               "--max-batch", str(MAX_BATCH), "--max-delay-ms", "5", "--precision", precision, "--backend", backend]
         url, probe = f"http://127.0.0.1:{port}/v1/predict", f"http://127.0.0.1:{port}/v2/health/ready"
     else:
         cmd = [sys.executable, __file__, "--serve", kind, str(port), str(weights), precision]
@@ -374,7 +397,7 @@ def run_server(kind: str, weights: Path, jpegs: list[bytes], levels: list[tuple[
                   flush=True)
         rows = []
         for concurrency, requests in levels:
-            row = asyncio.run(load(url, bodies, concurrency, requests, warmup=max(2, concurrency),
+            row = asyncio.run(load(url, bodies, concurrency, requests, warmup=max(WARMUP_REQUESTS, concurrency),
                                    max_seconds=max_seconds))
             row["server"] = kind
             rows.append(row)
@@ -417,14 +440,15 @@ def main() -> None:
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
     with tempfile.TemporaryDirectory() as tmp:
         weights, jpegs = make_inputs(Path(tmp))
-        ref = reference_latency(weights, jpegs[0], args.precision, args.backend)
+        top = max(c for c, _ in levels)
+        ref = reference_latency(weights, jpegs[0], args.precision, args.backend, batch=min(top, MAX_BATCH))
         print(f"reference: the server's engine ({ref['engine']}) on one image {1000 * ref['model_s']:.1f} ms "
-              f"+ decoding {1000 * ref['decode_s']:.1f} ms; {os.cpu_count()} cores; {args.precision}", flush=True)
+              f"+ decoding {1000 * ref['decode_s']:.1f} ms; at batch {ref['batch']} "
+              f"{ref['batch_img_per_s']:.1f} img/s; {os.cpu_count()} cores; {args.precision}", flush=True)
         rows = []
         for kind in args.servers.split(","):
             rows += run_server(kind, weights, jpegs, levels, args.max_seconds, args.precision, args.backend)
     by = {(r["server"], r["concurrency"]): r for r in rows}
-    top = max(c for c, _ in levels)
     checks = {}
     if ("inceptionv3", top) in by and ("plain", top) in by:
         checks[f"c={top} vs plain (>= {THROUGHPUT_VS_PLAIN}x)"] = \
@@ -444,11 +468,19 @@ def main() -> None:
     print()
     for name, value in checks.items():
         print(f"{name}: {value:.2f}")
+    bounds = {}
+    if ("plain", top) in by:
+        # Not a target: what the first check could be at most in this run, with a server costing nothing.
+        bounds[f"c={top} engine alone / plain"] = ref["batch_img_per_s"] / by["plain", top]["req_per_s"]
+    if ("inceptionv3", top) in by:
+        bounds[f"c={top} ours / engine alone"] = by["inceptionv3", top]["req_per_s"] / ref["batch_img_per_s"]
+    for name, value in bounds.items():
+        print(f"{name}: {value:.2f}")
     if args.json:
         import platform
 
         import torch
-        Path(args.json).write_text(json.dumps({"rows": rows, "reference": ref, "checks": checks,
+        Path(args.json).write_text(json.dumps({"rows": rows, "reference": ref, "checks": checks, "bounds": bounds,
                                                "precision": args.precision, "backend": args.backend,
                                                "cpu_count": os.cpu_count(), "torch": torch.__version__,
                                                "machine": platform.processor() or platform.machine()}, indent=2))

@@ -268,6 +268,33 @@ def test_batches_run_as_power_of_two_pieces_in_order():
     assert sizes == [8, 4, 1] and out.flatten().tolist() == [2.0 * i for i in range(13)]
 
 
+def test_a_lone_image_reaches_the_engine_without_a_copy():
+    import torch
+
+    from inceptionv3.serve.batcher import Batcher, stack
+    from inceptionv3.serve.metrics import ServerMetrics
+
+    seen = []
+
+    def run(x):
+        seen.append(x.data_ptr())
+        return x[:, :1, 0, 0]
+
+    async def go(image):
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher("logits", run, pool, ServerMetrics(), max_batch=16, max_delay=0)
+            out = await b.submit(image)
+            await b.stop()
+            return out
+    image = torch.rand(3, 2, 2)
+    decoded = stack([image])            # what the service hands the batcher for a one-image request
+    assert decoded.shape == (1, 3, 2, 2) and decoded.data_ptr() == image.data_ptr()
+    assert asyncio.run(go(decoded)).flatten().tolist() == [image[0, 0, 0].item()]
+    assert seen == [image.data_ptr()]
+    assert stack([image, image]).shape == (2, 3, 2, 2)
+
+
 def test_a_lone_request_does_not_wait_for_company_but_a_busy_queue_does():
     import torch
 

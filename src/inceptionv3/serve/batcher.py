@@ -48,6 +48,12 @@ def piece_sizes(max_batch: int) -> list[int]:
     return [1 << i for i in range(max_batch.bit_length())]
 
 
+def stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, but one image as a view: a lone request's megabyte is not copied on its way to the
+    engine (a fresh buffer of that size costs its page faults, a fraction of a millisecond here)."""
+    return images[0].unsqueeze(0) if len(images) == 1 else torch.stack(images)
+
+
 class QueueFull(Exception):
     """The batcher holds ``max_queue`` images already; ``retry_after`` seconds is a fair wait."""
 
@@ -173,7 +179,7 @@ class Batcher:
                     item.future.set_result(row)
 
     def _run(self, images: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.stack(images)
+        x = stack(images)
         out = torch.cat([self.run(x[start:start + n]) for start, n in chunks(len(x))])
         if len(out) != len(images):
             raise RuntimeError(f"the engine returned {len(out)} rows for {len(images)} images")

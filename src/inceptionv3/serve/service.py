@@ -30,7 +30,7 @@ from ..models.taps import TAPS
 from ..runtime.threads import available_cores, resolve_device, set_compute_threads
 from ..tasks.predict import top_k_predictions
 from ..weights.load import load_model
-from .batcher import Batcher, piece_sizes
+from .batcher import Batcher, piece_sizes, stack
 from .config import ServeConfig
 from .metrics import ServerMetrics
 from .uploads import Failure, Upload
@@ -167,7 +167,7 @@ class Service:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return torch.stack(results)   # type: ignore[arg-type]
+        return stack(results)   # type: ignore[arg-type]
 
     async def run(self, output: str, images: torch.Tensor) -> torch.Tensor:
         return await (await self.batcher(output)).submit(images)
