@@ -7,9 +7,9 @@ in one run. Ours runs as a user starts it (``--backend auto`` unless ``--backend
 Each server runs alone in its own process (started, measured at every concurrency, stopped) while this
 process is the load generator: ``--concurrency`` clients (asyncio + aiohttp, one connection each) send
 JPEGs (distinct 500 x 375 images) back to back; the first requests of each level (8, or one per client
-where there are more) warm up and are not counted. Per level: requests/s over the timed ones, p50 and p99 latency, and the CPU this process used
-(the load generator shares the cores with the server: its cores-busy figure says how much of the
-machine it took). Levels stop after ``--max-seconds`` even if not all requests ran.
+where there are more) warm up and are not counted. Per level: requests/s over the timed ones, p50 and p99
+latency, and the CPU this process used (the load generator shares the cores with the server: its
+cores-busy figure says how much of the machine it took). Levels stop after ``--max-seconds`` even if not all requests ran.
 
 Request bodies: ours and the plain server take the JPEG bytes as the body; LitServe takes JSON with the
 image in base64, as its image examples do (its request decoding is JSON or form data).
@@ -239,9 +239,9 @@ async def load(url: str, bodies: list[tuple[bytes, dict]], concurrency: int, req
                max_seconds: float) -> dict:
     """``requests`` timed requests (after ``warmup``) from ``concurrency`` clients sending back to back.
 
-    aiohttp, whose HTTP parsing is compiled: on these cores the load generator shares the machine with the
-    server, and a pure-Python client took ten times its CPU per request (and a millisecond more of each
-    latency) away from what is measured."""
+    aiohttp, whose HTTP parsing is compiled: the load generator shares the cores with the server, and a
+    pure-Python client took several times its CPU per request (and added to each latency) away from what
+    is measured."""
     import aiohttp
 
     latencies: list[float] = []
