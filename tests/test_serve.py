@@ -358,16 +358,34 @@ def test_backend_auto_serves_on_openvino(tmp_path, monkeypatch):
     assert len(cached) == 1     # the export, once, in the engine cache
 
 
-def test_metrics_count_requests_errors_and_batches(client):
+def _metrics(client) -> dict[str, float]:
+    """The exposition's samples, ``name{labels}`` -> value (comments skipped)."""
     text = client.get("/metrics").text
-    assert 'inceptionv3_requests_total{route="/v1/predict",status="200"}' in text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_metrics_count_requests_errors_and_batches(server, client, files):
+    before = _metrics(client)
+    image = files["images"][0].read_bytes()
+    png = {"content-type": "image/png"}
+    assert client.post("/v1/predict", files=[("file", ("a.png", image)), ("file", ("b.png", image))]).status_code == 200
+    assert client.post("/v1/predict", content=b"\0" * (2 * 2**20), headers=png).status_code == 413
+    assert client.post("/v1/predict", content=b"not an image", headers=png).status_code == 422
+    assert client.post("/v1/predict", json={"image": "x"}).status_code == 400
+    with httpx.Client(base_url=server.url, timeout=60) as anon:
+        assert anon.post("/v1/predict", content=image).status_code == 401
+    after = _metrics(client)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+    assert grew('inceptionv3_requests_total{route="/v1/predict",status="200"}') == 1
     for kind in ("too_large", "bad_image", "unauthorized", "bad_request"):
-        assert f'inceptionv3_errors_total{{kind="{kind}"}}' in text, kind
-    assert 'inceptionv3_batch_size_bucket{le="32.0",output="logits"}' in text
-    assert "inceptionv3_request_seconds_bucket" in text and 'inceptionv3_queue_depth{output="logits"}' in text
-    count = float(next(line.split()[-1] for line in text.splitlines()
-                       if line.startswith('inceptionv3_images_total{output="logits"}')))
-    assert count >= 200
+        assert grew(f'inceptionv3_errors_total{{kind="{kind}"}}') == 1, kind
+    assert grew('inceptionv3_images_total{output="logits"}') == 2
+    assert grew('inceptionv3_request_seconds_count{route="/v1/predict"}') == 5
+    assert grew('inceptionv3_batch_size_sum{output="logits"}') == 2
+    assert 'inceptionv3_queue_depth{output="logits"}' in after
 
 
 def test_openapi_and_pages_use_no_external_resources(client):
