@@ -468,3 +468,69 @@ def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
             proc.kill()
             proc.wait()
     assert list(work.iterdir()) == []
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
+def test_memory_stays_flat_under_a_bounded_soak(tmp_path):
+    # The server in its own process, so that its resident set is its own; the benchmark's --soak runs it
+    # for minutes on the full-size network (docs/serving.md). A MALLOC_ setting turns off the server's
+    # keeping of freed memory, so that the resident set follows what is alive: memory kept from the
+    # warm-up's batches would otherwise take in a leak unseen until it outgrew them.
+    weights = make_weights(tmp_path / "model.safetensors")
+    env = dict(os.environ, INCEPTIONV3_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    proc = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights),
+                             "--port", "0", "--backend", "torch", "--max-batch", "4"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rng = np.random.default_rng(2)
+    bodies = []
+    for i in range(4):     # photo-sized uploads of noise: about 0.2 MB each, 0.9 MB decoded
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        bodies.append(buf.getvalue())
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" on ", 1)[1].split()[0]
+
+        def client(n: int, stop_at: float) -> int:
+            done = 0
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while done < n and time.monotonic() < stop_at:
+                    body = bodies[done % len(bodies)]
+                    r = (c.post("/v1/predict", content=body) if done % 3 else
+                         c.post("/v1/features", files=[("file", ("a", body)), ("file", ("b", body))]))
+                    assert r.status_code == 200, r.text
+                    done += 1
+            return done
+
+        def soak(n: int, seconds: float) -> int:
+            from concurrent.futures import ThreadPoolExecutor
+            stop_at = time.monotonic() + seconds
+            with ThreadPoolExecutor(4) as pool:
+                return sum(pool.map(client, [n] * 4, [stop_at] * 4))
+
+        for _ in range(600):   # the address prints as the server starts; wait for it to answer
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        soak(20, 30)                           # warm-up: every batch shape, the allocator's pools
+        start = _rss_mb(proc.pid)
+        done = soak(100, 20)
+        end = _rss_mb(proc.pid)
+        print(f"soak: {done} requests; resident set {start:.0f} MB after the warm-up, {end:.0f} MB at the end")
+        assert done >= 100
+        # Each request brings 0.2 to 0.4 MB of body and decodes 0.9 MB a file: a leak of either, or of
+        # anything a request allocates per image, adds a hundred MB or more here.
+        assert end - start < 30, (start, end)
+    finally:
+        proc.kill()
+        proc.wait()
