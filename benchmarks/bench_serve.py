@@ -61,6 +61,7 @@ import litserve as ls
 import numpy as np
 from fastapi import FastAPI, Request
 
+from inceptionv3.bench.harness import status_mb
 from inceptionv3.runtime.threads import prepare_process
 
 STD = (0.5, 0.5, 0.5)   # the ImageNet preset of torchvision's inception_v3: mean = std = 0.5
@@ -296,10 +297,8 @@ def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
 
 def rss_mb(pid: int) -> float:
     """Resident set of a process, MB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    mb = status_mb("VmRSS", pid)
+    return float("nan") if mb is None else mb
 
 
 def _group_running(pgid: int) -> bool:

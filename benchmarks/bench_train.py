@@ -37,11 +37,10 @@ LR = 0.045 * 16 / 1600   # the paper's lr scaled to the batch; the value does no
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from inceptionv3.bench.harness import status_mb
+
+    mb = status_mb("VmRSS")
+    return float("nan") if mb is None else mb
 
 
 def _batches(n: int, batch: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:

@@ -20,8 +20,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve_fixtures import CLASSES, make_images, make_weights, running_server
+from test_serve_fixtures import CLASSES, make_images, make_weights, running_server, wait_ready
 
+from inceptionv3.bench.harness import status_mb
 from inceptionv3.cli.main import main
 from inceptionv3.serve.config import ServeConfig
 from inceptionv3.tasks.predict import predict
@@ -436,13 +437,7 @@ def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
         line = proc.stdout.readline()
         assert "mini on http://127.0.0.1:" in line and "token: required" in line, line + proc.stderr.read()
         url = line.split(" on ", 1)[1].split()[0]
-        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
-            for _ in range(200):   # the address prints as the server starts; wait for it to answer
-                try:
-                    if c.get("/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        wait_ready(url)
         # In flight when SIGTERM comes: half its body sent; the rest follows the signal, and it is answered.
         data = files["images"][0].read_bytes()
         port = int(url.rsplit(":", 1)[1])
@@ -470,13 +465,6 @@ def test_the_command_prints_its_address_and_drains_on_sigterm(files, tmp_path):
     assert list(work.iterdir()) == []
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
 def test_memory_stays_flat_under_a_bounded_soak(tmp_path):
     # The server in its own process, so that its resident set is its own; the benchmark's --soak runs it
@@ -490,7 +478,7 @@ def test_memory_stays_flat_under_a_bounded_soak(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rng = np.random.default_rng(2)
     bodies = []
-    for i in range(4):     # photo-sized uploads of noise: about 0.2 MB each, 0.9 MB decoded
+    for _ in range(4):     # photo-sized uploads of noise: about 0.2 MB each, 0.9 MB decoded
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
         bodies.append(buf.getvalue())
@@ -515,17 +503,11 @@ def test_memory_stays_flat_under_a_bounded_soak(tmp_path):
             with ThreadPoolExecutor(4) as pool:
                 return sum(pool.map(client, [n] * 4, [stop_at] * 4))
 
-        for _ in range(600):   # the address prints as the server starts; wait for it to answer
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_ready(url)
         soak(20, 30)                           # warm-up: every batch shape, the allocator's pools
-        start = _rss_mb(proc.pid)
+        start = status_mb("VmRSS", proc.pid)
         done = soak(100, 20)
-        end = _rss_mb(proc.pid)
+        end = status_mb("VmRSS", proc.pid)
         print(f"soak: {done} requests; resident set {start:.0f} MB after the warm-up, {end:.0f} MB at the end")
         assert done >= 100
         # Each request brings 0.2 to 0.4 MB of body and decodes 0.9 MB a file: a leak of either, or of

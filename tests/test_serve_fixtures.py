@@ -1,5 +1,5 @@
-"""What the serve tests share: a tiny weights file, distinct images, and a real server on 127.0.0.1 (uvicorn
-in a thread, on a free port). No tests here."""
+"""What the serve tests share: a tiny weights file, distinct images, a real server on 127.0.0.1 (uvicorn in a
+thread, on a free port), and the wait for a server started as a command. No tests here."""
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +34,21 @@ def make_weights(path: Path, arch: str = "inception_v3") -> Path:
         model = build_model(arch, num_classes=3)
         save_model(model, path, class_names=CLASSES, preprocess=Preprocess(input_size=32, resize_size=32))
     return path
+
+
+def wait_ready(url: str, seconds: float = 60) -> None:
+    """Until ``url``'s readiness probe answers 200: ``inceptionv3 serve`` prints its address as it starts."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become ready in {seconds:.0f} s")
 
 
 def make_images(folder: Path, n: int = 6) -> list[Path]:

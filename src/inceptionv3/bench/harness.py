@@ -194,6 +194,18 @@ def _timed(fn: Callable[..., object], *args: object) -> float:
     return time.perf_counter() - t
 
 
+def status_mb(key: str, pid: int | str = "self") -> float | None:
+    """A memory figure of a process from Linux's /proc/PID/status (``VmRSS``, ``VmHWM``, ...) in MB, or
+    None where /proc cannot say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class PeakRSS:
     """The process's peak resident set since ``reset()`` (Linux); ``None`` where /proc cannot say."""
 
@@ -203,15 +215,6 @@ class PeakRSS:
         except OSError:
             self._libc = None
 
-    @staticmethod
-    def _status_mb(key: str) -> float | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
 
     def reset(self) -> float | None:
         """Free what can be freed, reset the high-water mark, return the resident set in MB."""
@@ -223,10 +226,10 @@ class PeakRSS:
                 f.write("5")   # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
         except OSError:
             return None
-        return self._status_mb("VmRSS")
+        return status_mb("VmRSS")
 
     def peak(self) -> float | None:
-        return self._status_mb("VmHWM")
+        return status_mb("VmHWM")
 
 
 def random_state(model: nn.Module, seed: int) -> None:
